@@ -1,0 +1,23 @@
+"""The one exception type for mistakes a user can fix (bad config, bad data, bad checkpoint).
+
+The CLI prints these as a single line and exits non-zero; anything else is a programming
+error and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class MlicError(Exception):
+    """A user-facing error: the message names the file or key and what is wrong with it."""
+
+
+class ConfigError(MlicError):
+    """An unknown preset, an unknown override key, or a value of the wrong type."""
+
+
+class DataError(MlicError):
+    """A dataset file that is missing, does not parse, or holds something we cannot use."""
+
+
+class CheckpointError(MlicError):
+    """A checkpoint that does not load, or was made for another architecture."""
