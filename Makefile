@@ -1,0 +1,31 @@
+# The two commands of the README. Each creates (or reuses) the local virtual environment .venv.
+#   make reproduce   train every configuration of the paper's tables, then build tables + figures
+#   make test        lint, unit tests and the notebooks (pytest --nbval-lax)
+# Pass options to `mlic reproduce` with ARGS, e.g.  make reproduce ARGS="--only table4 --seeds 3"
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.mlic-installed
+
+.PHONY: reproduce test lint venv clean-results
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch 2.14.1 / torchvision 0.29.1 are pinned in pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,lint]'
+	touch $(STAMP)
+
+reproduce: $(STAMP)
+	$(PY) -m mlic reproduce $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check mlic tests benchmarks

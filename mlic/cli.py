@@ -1,0 +1,194 @@
+"""`mlic ...` / `python -m mlic ...`: the only place that parses arguments.
+
+User errors (`MlicError`) are printed as one line and exit with status 2; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mlic.errors import MlicError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except MlicError as exc:
+        print(f"mlic: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mlic: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlic",
+        description="Replication of Wang & Zhang (2024): ResNeSt + dual-branch Transformer "
+        "for multi-label image classification.",
+    )
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    s = sub.add_parser("presets", help="list the configuration presets")
+    s.set_defaults(func=_cmd_presets)
+
+    data = sub.add_parser("data", help="generate or inspect datasets")
+    data_sub = data.add_subparsers(metavar="ACTION", required=True)
+    s = data_sub.add_parser("embedded", help="generate the embedded dataset (COCO and VOC layouts)")
+    s.add_argument("--root", default="data/embedded", help="output folder (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="regenerate even if complete")
+    s.set_defaults(func=_cmd_data_embedded)
+    s = data_sub.add_parser("stats", help="print a split's statistics as JSON")
+    s.add_argument("--dataset", choices=["coco", "voc"], required=True)
+    s.add_argument(
+        "--root", required=True, help="folder holding annotations/ (COCO) or VOC2007/ (VOC)"
+    )
+    s.add_argument("--split", required=True, help="e.g. train2014, val2014, trainval, test")
+    s.add_argument("--verify", action="store_true", help="decode every image, list unreadable ones")
+    s.set_defaults(func=_cmd_data_stats)
+
+    s = sub.add_parser("train", help="train one configuration and write its run record")
+    _add_config_args(s)
+    s.add_argument("--run-dir", help="default: results/runs/<config name>")
+    s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("evaluate", help="evaluate a run directory or a checkpoint")
+    s.add_argument("path", help="a run directory (uses checkpoints/best.pt) or a .pt file")
+    s.add_argument("--split", help="default: the run's validation split")
+    s.add_argument("--data-root", help="dataset folder, if not the one the run used")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--max-images", type=int, default=0, help="only the first N images")
+    s.add_argument("--json", action="store_true", help="print all metrics as JSON")
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("reproduce", help="train every configuration of the paper's tables, then report")
+    s.add_argument("--preset", choices=["embedded", "paper"], default="embedded")
+    s.add_argument("--data-root", help="paper: folder holding coco/ and voc/VOC2007/")
+    s.add_argument("--only", action="append", help="table1..table4 or figures (repeatable)")
+    s.add_argument("--seeds", type=int, default=1, help="seeds per configuration")
+    s.add_argument("--results", default="results", help="default: %(default)s")
+    s.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="overrides applied to every run (e.g. train.epochs=1)")
+    s.add_argument("--gpus", type=int, default=None, help="run independent configurations on N GPUs")
+    s.set_defaults(func=_cmd_reproduce)
+
+    s = sub.add_parser("report", help="rebuild tables and figures from the run records alone")
+    s.add_argument("--results", default="results", help="default: %(default)s")
+    s.add_argument("--preset", choices=["embedded", "paper"], default="embedded")
+    s.set_defaults(func=_cmd_report)
+    return p
+
+
+def _add_config_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--preset", default="embedded", help="see `mlic presets` (default: %(default)s)")
+    s.add_argument("--config", help="a resolved config.yaml instead of a preset")
+    s.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="overrides, e.g. model.backbone=resnet101 train.epochs=3",
+    )
+    s.add_argument("--data-root", help="shorthand for --set data.root=DIR")
+
+
+def _config(args):
+    from mlic.config import load_config
+
+    overrides = list(args.overrides)
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    return load_config(args.preset, overrides, path=args.config)
+
+
+def _cmd_presets(args) -> None:
+    from mlic.config import preset_summaries
+
+    summaries = preset_summaries()
+    width = max(map(len, summaries))
+    for name, text in summaries.items():
+        print(f"{name:<{width}}  {text}")
+
+
+def _cmd_data_embedded(args) -> None:
+    from mlic.data import ensure_embedded, generate_embedded
+
+    root = Path(args.root)
+    if args.force:
+        summary = generate_embedded(root, seed=args.seed)
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        ensure_embedded(root, seed=args.seed)
+    print(f"embedded dataset ready: {root / 'coco'} and {root / 'voc' / 'VOC2007'}")
+
+
+def _cmd_data_stats(args) -> None:
+    from mlic.data import dataset_stats
+
+    stats = dataset_stats(args.dataset, Path(args.root), args.split, verify=args.verify)
+    print(json.dumps(stats, indent=2))
+
+
+def _cmd_train(args) -> None:
+    from mlic.engine import fit
+
+    cfg = _config(args)
+    run_dir = Path(args.run_dir or Path("results") / "runs" / cfg.name)
+    metrics = fit(cfg, run_dir, resume=args.resume)
+    print(
+        f"{run_dir}: mAP {metrics['map']:.2f} % ({metrics['weights']} weights) on "
+        f"{metrics['dataset']}/{metrics['split']}, {metrics['num_images']} images"
+    )
+
+
+def _cmd_evaluate(args) -> None:
+    from mlic.engine import evaluate_checkpoint
+
+    m = evaluate_checkpoint(
+        args.path,
+        split=args.split,
+        data_root=args.data_root,
+        device=args.device,
+        max_images=args.max_images,
+    )
+    if args.json:
+        print(json.dumps(m, indent=2, sort_keys=True))
+        return
+    print(f"{m['checkpoint']} ({m['weights']} weights) on {m['dataset']}/{m['split']}, "
+          f"{m['num_images']} images at {m['image_size']} px, {m['device']}")
+    print(f"  mAP {m['map']:.2f} %  over {m['num_classes_evaluated']} classes")
+    print("  " + "  ".join(f"{k.upper()} {m[k]:.2f}" for k in ("cp", "cr", "cf1", "op", "or", "of1")))
+    print(f"  {m['images_per_s']:.1f} images/s")
+
+
+def _cmd_reproduce(args) -> None:
+    from mlic.reproduce import reproduce
+
+    reproduce(
+        family=args.preset,
+        results=Path(args.results),
+        data_root=args.data_root,
+        only=args.only,
+        seeds=args.seeds,
+        overrides=args.overrides,
+        gpus=args.gpus,
+    )
+
+
+def _cmd_report(args) -> None:
+    from mlic.report import build_report
+
+    out = build_report(Path(args.results) / "runs", Path(args.results), family=args.preset)
+    for kind in ("tables", "figures"):
+        for path in out.get(kind, []):
+            print(path)
+    for name in out.get("missing", []):
+        print(f"missing run record: {name}", file=sys.stderr)

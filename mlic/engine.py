@@ -1,0 +1,679 @@
+"""Training and evaluation: `train_one_epoch`, `evaluate`, and `fit`, which loops epochs and
+writes the run record.
+
+One loop for the CPU and the GPU. On CUDA it adds bf16 autocast, channels_last, fused AdamW,
+optional torch.compile, pinned memory with non-blocking copies, persistent workers, and DDP
+under `torchrun`. On the CPU it is exactly reproducible: every epoch reseeds Python, NumPy,
+torch, the sampler and the loader workers from (seed, epoch), so a run resumed from the
+checkpoint of epoch e is bit-identical to one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from mlic.checkpoint import check_architecture, load_checkpoint, load_weights, save_checkpoint
+from mlic.config import Config, from_dict
+from mlic.data import build_dataset, collate_skip_unreadable, cutmix
+from mlic.distributed import DistInfo, ShardSampler, all_reduce_sum, gather_by_index, init_distributed
+from mlic.errors import CheckpointError, MlicError
+from mlic.losses import AsymmetricLoss
+from mlic.metrics import compute_metrics
+from mlic.models import build_model_from_config
+from mlic.runrecord import (
+    HISTORY_COLUMNS,
+    ITERATION_COLUMNS,
+    git_commit,
+    run_lock,
+    software_versions,
+    write_csv,
+    write_json,
+    atomic_write_text,
+)
+
+LOG_EVERY = 20  # iterations between host syncs for the progress bar and the finiteness check
+
+
+# --------------------------------------------------------------------------- runtime
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the computation runs; derived from the config and the launcher."""
+
+    device: torch.device
+    dist: DistInfo
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MlicError(f"train.device={name!r} but no CUDA device is available")
+    return device
+
+
+def make_runtime(cfg: Config) -> Runtime:
+    device = resolve_device(cfg.train.device)
+    info = init_distributed(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return Runtime(device, info, amp_dtype, cfg.train.channels_last and device.type == "cuda")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A distinct, reproducible seed per (run seed, epoch)."""
+    return (seed * 1_000_003 + epoch * 7_919 + 17) % 2**31
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; derive Python's and NumPy's from it.
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle fixed by (seed, epoch), sharded across ranks; drops the ragged tail so every
+    rank runs the same number of full batches (DDP needs that; BatchFormer needs B >= 2)."""
+
+    def __init__(self, length: int, batch_size: int, seed: int, info: DistInfo):
+        self.length, self.batch_size, self.seed, self.info = length, batch_size, seed, info
+        per_rank = length // info.world_size
+        self.num_samples = (per_rank // batch_size) * batch_size
+        if self.num_samples == 0:
+            raise MlicError(
+                f"the training split has {length} images, fewer than one batch of {batch_size} "
+                f"per process ({info.world_size} processes); lower train.batch_size"
+            )
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(self.length, generator=g).tolist()
+        mine = order[self.info.rank :: self.info.world_size]
+        return iter(mine[: self.num_samples])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def _loader(dataset, batch_size: int, sampler: Sampler, cfg: Config, rt: Runtime, train: bool):
+    workers = cfg.data.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skip_unreadable,
+        pin_memory=rt.cuda,
+        drop_last=False,
+        persistent_workers=rt.cuda and workers > 0 and train,
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator(),
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def _to_device(images: torch.Tensor, targets: torch.Tensor, rt: Runtime):
+    images = images.to(rt.device, non_blocking=True)
+    if rt.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets.to(rt.device, non_blocking=True)
+
+
+# --------------------------------------------------------------------------- model & optimiser
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on norms, biases (all 1-D tensors) and embeddings (the class queries)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or "query_embed" in name or "embed" in name.split(".")[-1]:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: Config, rt: Runtime) -> torch.optim.AdamW:
+    t = cfg.train
+    return torch.optim.AdamW(
+        param_groups(model, t.weight_decay), lr=t.lr, fused=rt.cuda or None
+    )
+
+
+def build_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
+    t = cfg.train
+    # The paper's "initial learning rate 1e-6" is read as OneCycle's starting lr = lr / div_factor
+    # (1e-4 / 100 in the paper presets), as in Query2Label/ASL's training scripts.
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=t.lr,
+        total_steps=t.epochs * steps_per_epoch,
+        pct_start=t.pct_start,
+        div_factor=t.div_factor,
+        final_div_factor=t.final_div_factor,
+    )
+
+
+def build_ema(model: nn.Module, cfg: Config):
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.train.ema_decay)
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    ema,
+    ema_target: nn.Module,
+    *,
+    epoch: int,
+    cfg: Config,
+    rt: Runtime,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """One pass over the training split. Returns the epoch's mean loss (ASL per sample), the lr
+    at its end, throughput, skipped images and (optionally) the loss of every iteration."""
+    model.train()
+    mix_gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch) + 1)
+    loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
+    iteration_losses: list[torch.Tensor] = []
+    iteration_lrs: list[float] = []
+    seen, skipped, steps = 0, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for images, targets, _ignore, num_skipped in bar:
+        skipped += num_skipped
+        if images.shape[0] < 2 and cfg.model.head == "dual":
+            continue  # every image of this batch was unreadable but one: nothing to attend across
+        if cfg.data.cutmix_prob > 0:
+            images, targets = cutmix(
+                images,
+                targets,
+                alpha=cfg.data.cutmix_alpha,
+                prob=cfg.data.cutmix_prob,
+                mode=cfg.data.cutmix_targets,
+                generator=mix_gen,
+            )
+        images, targets = _to_device(images, targets, rt)
+        with rt.autocast():
+            logits = model(images)  # [B, K], or [2B, K] for the dual head in training
+        # §1.2: both streams of the dual head are supervised with the same labels.
+        streams = logits.shape[0] // targets.shape[0]
+        loss = loss_fn(logits.float(), targets.repeat(streams, 1))
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if cfg.train.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        ema.update(ema_target)
+
+        detached = loss.detach()
+        loss_sum += detached
+        steps += 1
+        seen += images.shape[0]
+        if cfg.train.log_iteration_loss:
+            iteration_losses.append(detached)
+            iteration_lrs.append(scheduler.get_last_lr()[0])
+        if steps % LOG_EVERY == 0:
+            _check_finite(detached, epoch, steps)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(
+                loss=f"{detached.item():.3f}",
+                lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                img_s=f"{seen * rt.dist.world_size / elapsed:.0f}",
+            )
+    if rt.cuda:
+        torch.cuda.synchronize(rt.device)
+    seconds = time.perf_counter() - start
+    mean_loss = (loss_sum / max(steps, 1)).item()
+    _check_finite(torch.tensor(mean_loss), epoch, steps)
+    seen_all = all_reduce_sum(float(seen), rt.dist, rt.device)
+    iterations = [
+        {"epoch": epoch + 1, "iteration": i + 1, "loss": float(v), "lr": lr}
+        for i, (v, lr) in enumerate(
+            zip(torch.stack(iteration_losses).cpu().tolist() if iteration_losses else [],
+                iteration_lrs, strict=True)
+        )
+    ]
+    return {
+        "train_loss": all_reduce_sum(mean_loss, rt.dist, rt.device) / rt.dist.world_size,
+        "lr": scheduler.get_last_lr()[0],
+        "seconds": seconds,
+        "images_per_s": seen_all / seconds if seconds > 0 else 0.0,
+        "skipped_images": int(all_reduce_sum(float(skipped), rt.dist, rt.device)),
+        "iterations": iterations,
+    }
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLoss(
+            f"the training loss became {loss.item()} in epoch {epoch + 1} (by iteration {step}); "
+            "stopping. Lower train.lr or enable train.grad_clip"
+        )
+
+
+class NonFiniteLoss(MlicError):
+    """Training diverged; the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, dataset, cfg: Config, rt: Runtime, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sigmoid scores, targets and ignore masks for every image of `dataset`, in dataset order,
+    each image counted exactly once even under DDP."""
+    model.eval()
+    sampler = ShardSampler(len(dataset), rt.dist.rank, rt.dist.world_size)
+    loader = _loader(dataset, cfg.train.eval_batch_size, sampler, cfg, rt, train=False)
+    scores, targets, ignores = [], [], []
+    for images, target, ignore, num_skipped in tqdm(
+        loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True
+    ):
+        if num_skipped:
+            raise MlicError("an image of the evaluation split could not be decoded")
+        images, _ = _to_device(images, target, rt)
+        with rt.autocast():
+            logits = model(images)
+        scores.append(torch.sigmoid(logits.float()).cpu())
+        targets.append(target)
+        ignores.append(ignore)
+    indices = torch.tensor(sampler.indices, dtype=torch.long)
+    num_classes = len(dataset.class_names)
+    pieces = [
+        torch.cat(x) if x else torch.empty(0, num_classes) for x in (scores, targets, ignores)
+    ]
+    return tuple(gather_by_index(indices, pieces, rt.dist))
+
+
+def evaluate(model: nn.Module, dataset, cfg: Config, rt: Runtime, progress: bool = False) -> dict:
+    """The paper's mAP (eq. 3–5) and the companion metrics, in %."""
+    scores, targets, ignore = predict(model, dataset, cfg, rt, progress=progress)
+    return compute_metrics(
+        scores.numpy(),
+        targets.numpy(),
+        ignore=ignore.numpy().astype(bool),
+        class_names=list(dataset.class_names),
+    )
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def fit(
+    cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None
+) -> dict[str, Any]:
+    """Train one configuration and write its run record; returns the final metrics.
+
+    `resume=True` continues from `run_dir/checkpoints/last.pt` (the end of the last finished
+    epoch); the configuration must match the one the run started with.
+    """
+    run_dir = Path(run_dir)
+    rt = make_runtime(cfg)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    progress = progress and rt.dist.is_main
+    lock = run_lock(run_dir) if rt.dist.is_main else contextlib.nullcontext()
+    with lock:
+        return _fit(cfg, run_dir, rt, resume=resume, progress=progress)
+
+
+def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: bool) -> dict:
+    last_path = run_dir / "checkpoints" / "last.pt"
+    best_path = run_dir / "checkpoints" / "best.pt"
+    state = _resume_state(cfg, run_dir, last_path) if resume else None
+    if state is None and last_path.exists():
+        raise MlicError(
+            f"{run_dir}: holds a run already; pass --resume to continue it or choose another --run-dir"
+        )
+    if rt.dist.is_main:
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        (run_dir / "metrics.json").unlink(missing_ok=True)
+
+    seed_everything(cfg.train.seed)
+    train_set = build_dataset(cfg.data, "train")
+    val_set = build_dataset(cfg.data, "val")
+    if list(train_set.class_names) != list(val_set.class_names):
+        raise MlicError(f"{cfg.data.resolved_root()}: train and val splits have different classes")
+    class_names = list(train_set.class_names)
+
+    # A resumed run takes its weights from the checkpoint, not from ImageNet again.
+    model_cfg = replace(cfg.model, pretrained=False, pretrained_file="") if state else cfg.model
+    model = build_model_from_config(model_cfg, num_classes=len(class_names)).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    per_rank_batch = cfg.train.batch_size // rt.dist.world_size
+    sampler = EpochShuffleSampler(len(train_set), per_rank_batch, cfg.train.seed, rt.dist)
+    train_loader = _loader(train_set, per_rank_batch, sampler, cfg, rt, train=True)
+    steps_per_epoch = len(sampler) // per_rank_batch
+    optimizer = build_optimizer(model, cfg, rt)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
+    loss_fn = AsymmetricLoss(
+        gamma_neg=cfg.loss.gamma_neg, gamma_pos=cfg.loss.gamma_pos, clip=cfg.loss.clip, eps=cfg.loss.eps
+    )
+
+    history: list[dict[str, Any]] = []
+    iterations: list[dict[str, Any]] = []
+    start_epoch, best_map = 0, -math.inf
+    if state is not None:
+        load_weights(last_path, model, state["model"])
+    ema = build_ema(model, cfg)
+    if state is not None:
+        load_weights(last_path, ema.module, state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        history, iterations = list(state["history"]), list(state.get("iterations", []))
+        start_epoch, best_map = int(state["epoch"]), float(state["best_map"])
+
+    train_model: nn.Module = model
+    if rt.dist.enabled:
+        train_model = DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.cuda else None
+        )
+    if cfg.train.compile:
+        train_model = torch.compile(train_model, mode=cfg.train.compile_mode)
+
+    wall_start = time.perf_counter()
+    results: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.train.epochs):
+        # Everything random in this epoch follows from (seed, epoch): resuming is exact.
+        seed_everything(epoch_seed(cfg.train.seed, epoch))
+        sampler.set_epoch(epoch)
+        train_loader.generator.manual_seed(epoch_seed(cfg.train.seed, epoch) + 2)
+        stats = train_one_epoch(
+            train_model, loss_fn, train_loader, optimizer, scheduler, ema, model,
+            epoch=epoch, cfg=cfg, rt=rt, scaler=scaler, progress=progress,
+        )
+        results = {
+            "model": evaluate(model, val_set, cfg, rt),
+            "ema": evaluate(ema.module, val_set, cfg, rt),
+        }
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": stats["train_loss"],
+            "lr": stats["lr"],
+            "map": results["model"]["map"],
+            "map_ema": results["ema"]["map"],
+            "seconds": stats["seconds"],
+            "images_per_s": stats["images_per_s"],
+            "skipped_images": stats["skipped_images"],
+        }
+        history.append(row)
+        iterations.extend(stats["iterations"])
+        which = "ema" if results["ema"]["map"] > results["model"]["map"] else "model"
+        epoch_map = results[which]["map"]
+        if rt.dist.is_main:
+            _log_epoch(row, cfg)
+            write_csv(run_dir / "history.csv", HISTORY_COLUMNS, history)
+            if cfg.train.log_iteration_loss:
+                write_csv(run_dir / "iterations.csv", ITERATION_COLUMNS, iterations)
+            arch = dict(model.arch)
+            common = {"arch": arch, "class_names": class_names, "config": cfg.to_dict()}
+            if cfg.train.save_best and epoch_map > best_map:
+                best_map = epoch_map
+                weights = (ema.module if which == "ema" else model).state_dict()
+                save_checkpoint(
+                    best_path,
+                    {**common, "epoch": epoch + 1, "weights": which, "map": epoch_map, "model": weights},
+                )
+            best_map = max(best_map, epoch_map)
+            save_checkpoint(
+                last_path,
+                {
+                    **common,
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "ema": ema.module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "history": history,
+                    "iterations": iterations,
+                    "best_map": best_map,
+                },
+            )
+    if not results:  # resumed a run that had already finished: evaluate its last weights
+        results = {
+            "model": evaluate(model, val_set, cfg, rt),
+            "ema": evaluate(ema.module, val_set, cfg, rt),
+        }
+    metrics = _final_metrics(cfg, rt, results, history, time.perf_counter() - wall_start)
+    if rt.dist.is_main:
+        write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _resume_state(cfg: Config, run_dir: Path, last_path: Path) -> dict | None:
+    if not last_path.exists():
+        return None  # nothing to resume: start from scratch
+    state = load_checkpoint(last_path)
+    saved = state.get("config", {})
+    if saved != cfg.to_dict():
+        diff = _first_difference(saved, cfg.to_dict())
+        raise MlicError(
+            f"{run_dir}: cannot resume with a different configuration ({diff}); "
+            "use the same preset and overrides, or another --run-dir"
+        )
+    return state
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.')}: {a!r} then, {b!r} now"
+
+
+def _log_epoch(row: dict[str, Any], cfg: Config) -> None:
+    print(
+        f"epoch {row['epoch']}/{cfg.train.epochs}  loss {row['train_loss']:.4f}  "
+        f"mAP {row['map']:.2f}  mAP(EMA) {row['map_ema']:.2f}  "
+        f"{row['images_per_s']:.1f} img/s  {row['seconds']:.1f} s",
+        flush=True,
+    )
+
+
+def _final_metrics(
+    cfg: Config, rt: Runtime, results: dict[str, dict], history: list[dict], wall: float
+) -> dict[str, Any]:
+    # Q2L/ASL evaluate the model and its EMA and report the better; we record both.
+    which = "ema" if results["ema"]["map"] > results["model"]["map"] else "model"
+    train_seconds = sum(r["seconds"] for r in history)
+    train_images = sum(r["images_per_s"] * r["seconds"] for r in history)
+    return {
+        **results[which],
+        "weights": which,
+        "map_model": results["model"]["map"],
+        "map_ema": results["ema"]["map"],
+        "dataset": cfg.data.dataset,
+        "embedded": cfg.data.is_embedded,
+        "split": cfg.data.split("val"),
+        "image_size": cfg.data.image_size,
+        "backbone": cfg.model.backbone,
+        "head": cfg.model.head,
+        "epochs": cfg.train.epochs,
+        "seed": cfg.train.seed,
+        "device": _device_name(rt),
+        "world_size": rt.dist.world_size,
+        "versions": software_versions(),
+        "git_commit": git_commit(),
+        "wall_seconds": wall,
+        "train_seconds": train_seconds,
+        "train_images_per_s": train_images / train_seconds if train_seconds else 0.0,
+        "complete": True,
+    }
+
+
+def _device_name(rt: Runtime) -> str:
+    if rt.cuda:
+        return torch.cuda.get_device_name(rt.device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# --------------------------------------------------------------------------- evaluate a checkpoint
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    *,
+    split: str | None = None,
+    data_root: str | None = None,
+    device: str = "auto",
+    max_images: int = 0,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Metrics of a run directory's best checkpoint (or a checkpoint file) on a split.
+
+    Works for a checkpoint written on another machine (loaded on the CPU first); a checkpoint
+    whose architecture differs from its run's config.yaml is refused.
+    """
+    path = Path(path)
+    if path.is_dir():
+        ckpt_path = path / "checkpoints" / "best.pt"
+        if not ckpt_path.exists():
+            ckpt_path = path / "checkpoints" / "last.pt"
+    else:
+        ckpt_path = path
+    state = load_checkpoint(ckpt_path)
+    try:
+        cfg = from_dict(state["config"], source=str(ckpt_path))
+    except KeyError:
+        raise CheckpointError(f"{ckpt_path}: checkpoint has no configuration") from None
+    # The weights come from the checkpoint: never fetch ImageNet weights to throw them away.
+    overrides: dict[str, Any] = {
+        "train.device": device,
+        "model.pretrained": False,
+        "model.pretrained_file": "",
+    }
+    if split:
+        overrides["data.val_split"] = split
+    if data_root:
+        overrides["data.root"] = data_root
+    if max_images:
+        overrides["data.max_val_images"] = max_images
+    raw = cfg.to_dict()
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        raw[section][name] = value
+    cfg = from_dict(raw, source=str(ckpt_path))
+    if path.is_dir() and (path / "config.yaml").is_file():
+        from mlic.config import load_config
+
+        run_cfg = load_config(path=path / "config.yaml")
+        expected = build_model_from_config(run_cfg.model, len(state["class_names"])).arch
+        check_architecture(ckpt_path, state.get("arch", {}), dict(expected))
+    rt = make_runtime(cfg)
+    dataset = build_dataset(cfg.data, "val")
+    if list(dataset.class_names) != list(state["class_names"]):
+        raise CheckpointError(
+            f"{ckpt_path}: the checkpoint's {len(state['class_names'])} classes differ from the "
+            f"{len(dataset.class_names)} classes of {cfg.data.resolved_root()}"
+        )
+    model = build_model_from_config(cfg.model, num_classes=len(state["class_names"]))
+    check_architecture(ckpt_path, state.get("arch", {}), dict(model.arch))
+    weights = state["model"]
+    which = state.get("weights", "model")
+    load_weights(ckpt_path, model, weights)
+    model.to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    start = time.perf_counter()
+    metrics = evaluate(model, dataset, cfg, rt, progress=progress)
+    seconds = time.perf_counter() - start
+    return {
+        **metrics,
+        "checkpoint": str(ckpt_path),
+        "weights": which,
+        "dataset": cfg.data.dataset,
+        "split": cfg.data.split("val"),
+        "image_size": cfg.data.image_size,
+        "device": _device_name(rt),
+        "seconds": seconds,
+        "images_per_s": metrics["num_images"] / seconds if seconds else 0.0,
+    }
