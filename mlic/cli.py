@@ -72,15 +72,25 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print all metrics as JSON")
     s.set_defaults(func=_cmd_evaluate)
 
-    s = sub.add_parser("reproduce", help="train every configuration of the paper's tables, then report")
+    s = sub.add_parser(
+        "reproduce", help="train every configuration of the paper's tables, then report"
+    )
     s.add_argument("--preset", choices=["embedded", "paper"], default="embedded")
     s.add_argument("--data-root", help="paper: folder holding coco/ and voc/VOC2007/")
     s.add_argument("--only", action="append", help="table1..table4 or figures (repeatable)")
     s.add_argument("--seeds", type=int, default=1, help="seeds per configuration")
     s.add_argument("--results", default="results", help="default: %(default)s")
-    s.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="overrides applied to every run (e.g. train.epochs=1)")
-    s.add_argument("--gpus", type=int, default=None, help="run independent configurations on N GPUs")
+    s.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="overrides applied to every run (e.g. train.epochs=1)",
+    )
+    s.add_argument(
+        "--gpus", type=int, default=None, help="run independent configurations on N GPUs"
+    )
     s.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser("report", help="rebuild tables and figures from the run records alone")
@@ -94,7 +104,11 @@ def _add_config_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--preset", default="embedded", help="see `mlic presets` (default: %(default)s)")
     s.add_argument("--config", help="a resolved config.yaml instead of a preset")
     s.add_argument(
-        "--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
         help="overrides, e.g. model.backbone=resnet101 train.epochs=3",
     )
     s.add_argument("--data-root", help="shorthand for --set data.root=DIR")
@@ -162,10 +176,14 @@ def _cmd_evaluate(args) -> None:
     if args.json:
         print(json.dumps(m, indent=2, sort_keys=True))
         return
-    print(f"{m['checkpoint']} ({m['weights']} weights) on {m['dataset']}/{m['split']}, "
-          f"{m['num_images']} images at {m['image_size']} px, {m['device']}")
+    print(
+        f"{m['checkpoint']} ({m['weights']} weights) on {m['dataset']}/{m['split']}, "
+        f"{m['num_images']} images at {m['image_size']} px, {m['device']}"
+    )
     print(f"  mAP {m['map']:.2f} %  over {m['num_classes_evaluated']} classes")
-    print("  " + "  ".join(f"{k.upper()} {m[k]:.2f}" for k in ("cp", "cr", "cf1", "op", "or", "of1")))
+    print(
+        "  " + "  ".join(f"{k.upper()} {m[k]:.2f}" for k in ("cp", "cr", "cf1", "op", "or", "of1"))
+    )
     print(f"  {m['images_per_s']:.1f} images/s")
 
 

@@ -168,9 +168,7 @@ def preset_summaries() -> dict[str, str]:
 
 def _read_preset(name: str) -> dict[str, Any]:
     if name not in preset_names():
-        raise ConfigError(
-            f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}"
-        )
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
     text = resources.files(_PRESET_PACKAGE).joinpath(f"{name}.yaml").read_text()
     return yaml.safe_load(text) or {}
 
@@ -335,7 +333,9 @@ def validate(cfg: Config) -> None:
     if t.epochs < 1 or t.batch_size < 1 or t.eval_batch_size < 1:
         raise ConfigError("train.epochs, train.batch_size and train.eval_batch_size must be >= 1")
     if m.head == "dual" and t.batch_size < 2:
-        raise ConfigError("train.batch_size must be >= 2 for the dual head: it attends across the batch")
+        raise ConfigError(
+            "train.batch_size must be >= 2 for the dual head: it attends across the batch"
+        )
     if not 0.0 < t.pct_start < 1.0:
         raise ConfigError(f"train.pct_start={t.pct_start} is not in (0, 1)")
     if not 0.0 <= t.ema_decay < 1.0:

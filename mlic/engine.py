@@ -30,7 +30,13 @@ from tqdm.auto import tqdm
 from mlic.checkpoint import check_architecture, load_checkpoint, load_weights, save_checkpoint
 from mlic.config import Config, from_dict
 from mlic.data import build_dataset, collate_skip_unreadable, cutmix
-from mlic.distributed import DistInfo, ShardSampler, all_reduce_sum, gather_by_index, init_distributed
+from mlic.distributed import (
+    DistInfo,
+    ShardSampler,
+    all_reduce_sum,
+    gather_by_index,
+    init_distributed,
+)
 from mlic.errors import CheckpointError, MlicError
 from mlic.losses import AsymmetricLoss
 from mlic.metrics import compute_metrics
@@ -38,12 +44,12 @@ from mlic.models import build_model_from_config
 from mlic.runrecord import (
     HISTORY_COLUMNS,
     ITERATION_COLUMNS,
+    atomic_write_text,
     git_commit,
     run_lock,
     software_versions,
     write_csv,
     write_json,
-    atomic_write_text,
 )
 
 LOG_EVERY = 20  # iterations between host syncs for the progress bar and the finiteness check
@@ -190,9 +196,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def build_optimizer(model: nn.Module, cfg: Config, rt: Runtime) -> torch.optim.AdamW:
     t = cfg.train
-    return torch.optim.AdamW(
-        param_groups(model, t.weight_decay), lr=t.lr, fused=rt.cuda or None
-    )
+    return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, fused=rt.cuda or None)
 
 
 def build_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
@@ -308,8 +312,11 @@ def train_one_epoch(
     iterations = [
         {"epoch": epoch + 1, "iteration": i + 1, "loss": float(v), "lr": lr}
         for i, (v, lr) in enumerate(
-            zip(torch.stack(iteration_losses).cpu().tolist() if iteration_losses else [],
-                iteration_lrs, strict=True)
+            zip(
+                torch.stack(iteration_losses).cpu().tolist() if iteration_losses else [],
+                iteration_lrs,
+                strict=True,
+            )
         )
     ]
     return {
@@ -430,7 +437,10 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(rt.device.type) if rt.amp_dtype == torch.float16 else None
     loss_fn = AsymmetricLoss(
-        gamma_neg=cfg.loss.gamma_neg, gamma_pos=cfg.loss.gamma_pos, clip=cfg.loss.clip, eps=cfg.loss.eps
+        gamma_neg=cfg.loss.gamma_neg,
+        gamma_pos=cfg.loss.gamma_pos,
+        clip=cfg.loss.clip,
+        eps=cfg.loss.eps,
     )
 
     history: list[dict[str, Any]] = []
@@ -464,8 +474,18 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
         sampler.set_epoch(epoch)
         train_loader.generator.manual_seed(epoch_seed(cfg.train.seed, epoch) + 2)
         stats = train_one_epoch(
-            train_model, loss_fn, train_loader, optimizer, scheduler, ema, model,
-            epoch=epoch, cfg=cfg, rt=rt, scaler=scaler, progress=progress,
+            train_model,
+            loss_fn,
+            train_loader,
+            optimizer,
+            scheduler,
+            ema,
+            model,
+            epoch=epoch,
+            cfg=cfg,
+            rt=rt,
+            scaler=scaler,
+            progress=progress,
         )
         results = {
             "model": evaluate(model, val_set, cfg, rt),
@@ -497,7 +517,13 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
                 weights = (ema.module if which == "ema" else model).state_dict()
                 save_checkpoint(
                     best_path,
-                    {**common, "epoch": epoch + 1, "weights": which, "map": epoch_map, "model": weights},
+                    {
+                        **common,
+                        "epoch": epoch + 1,
+                        "weights": which,
+                        "map": epoch_map,
+                        "model": weights,
+                    },
                 )
             best_map = max(best_map, epoch_map)
             save_checkpoint(

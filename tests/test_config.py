@@ -35,8 +35,13 @@ def test_paper_presets_follow_the_paper():
 def test_overrides_are_parsed_by_type():
     cfg = load_config(
         "embedded",
-        ["train.epochs=3", "model.backbone=resnet101", "data.mean=[0.5, 0.5, 0.5]",
-         "train.lr=2e-4", "data.randaugment=false"],
+        [
+            "train.epochs=3",
+            "model.backbone=resnet101",
+            "data.mean=[0.5, 0.5, 0.5]",
+            "train.lr=2e-4",
+            "data.randaugment=false",
+        ],
     )
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
     assert cfg.model.backbone == "resnet101"
