@@ -1,0 +1,259 @@
+"""``build_model``: backbone + head, and the model class the engine trains.
+
+One builder, variants as arguments (timm's ``create_model`` style). ``model.arch`` holds the
+architecture-defining arguments, so ``build_model(**model.arch)`` rebuilds the same network
+and a checkpoint of another architecture can be refused.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from mlic.errors import ConfigError, MlicError
+from mlic.models.backbone import create_backbone, pooled_batch_norms
+from mlic.models.heads import GapHead, QueryHead
+
+if TYPE_CHECKING:
+    from mlic.config import ModelConfig
+
+HEADS = ("gap", "transformer", "dual")
+BATCHFORMERS = ("shared", "separate")
+
+
+class MultiLabelClassifier(nn.Module):
+    """Backbone (§1.1) + head (§1.2, Fig. 1): images [B, 3, S, S] -> logits.
+
+    Output contract of ``forward``:
+      * eval mode: logits [B, K] for every head.
+      * training, ``gap`` / ``transformer``: logits [B, K].
+      * training, ``dual``: logits [2B, K] - rows 0..B-1 the ordinary stream, rows B..2B-1 the
+        BatchFormerV2 stream of the same images, so the loss's targets are
+        ``targets.repeat(2, 1)`` (``num_streams`` says how many repeats).
+    The dual head attends across the batch and ResNeSt's split attention batch-normalises a
+    pooled 1x1 map, so a training batch of one image raises ``MlicError`` for either (use
+    batches of >= 2 images, e.g. ``drop_last=True``). Logits are in the autocast dtype.
+
+    Module names: ``backbone`` (timm), ``head``; the class queries are
+    ``head.query_embed.weight`` (no weight decay); the "separate" BatchFormerV2 layer is
+    ``head.encoder.batch_layer`` - trained and checkpointed with the model, not needed for
+    inference (``deployed_state_dict``).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, arch: dict[str, Any]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.arch = arch
+        # Not registered as submodules (they already are, under backbone): a plain tuple.
+        self._pooled_bns = pooled_batch_norms(backbone)
+
+    @property
+    def num_streams(self) -> int:
+        """How many copies of the batch ``forward`` returns: 2 for dual in training, else 1."""
+        return 2 if self.arch["head"] == "dual" and self.training else 1
+
+    @property
+    def min_training_batch(self) -> int:
+        """Smallest batch ``forward`` accepts in training mode (2 for dual or ResNeSt, else 1).
+
+        A training loop can skip a shorter batch (e.g. the last one, or one left after
+        unreadable images were dropped) instead of meeting the error.
+        """
+        needs_two = self.arch["head"] == "dual" or any(bn.training for bn in self._pooled_bns)
+        return 2 if needs_two else 1
+
+    def _check_batch(self, images: Tensor) -> None:
+        if not self.training or images.shape[0] > 1:
+            return
+        if self.arch["head"] == "dual":
+            raise MlicError(
+                "the dual head attends across the batch (BatchFormerV2): a training batch needs "
+                "at least 2 images, got 1 (use train.batch_size >= 2 and drop the last short batch)"
+            )
+        if any(bn.training for bn in self._pooled_bns):
+            raise MlicError(
+                f"backbone {self.arch['backbone']!r} batch-normalises a pooled 1x1 map (ResNeSt "
+                "split attention): a training batch needs at least 2 images, got 1"
+            )
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images [B, 3, S, S] -> logits [B, K] ([2B, K] for dual in training; see class doc)."""
+        self._check_batch(images)
+        features = self.backbone.forward_features(images)  # [B, C, S/32, S/32]
+        return self.head(features)
+
+    @torch.no_grad()
+    def cross_attention(self, images: Tensor) -> Tensor:
+        """Eval-mode cross-attention of each class query in the last decoder layer: [B, K, h, w].
+
+        Averaged over heads; each [h, w] map sums to 1 and (h, w) = (S/32, S/32): where the
+        query for class k looks. The model's train/eval mode is restored afterwards.
+        """
+        if not isinstance(self.head, QueryHead):
+            raise MlicError(
+                "cross_attention needs a transformer or dual head; the gap head has no queries"
+            )
+        was_training = self.training
+        self.eval()
+        try:
+            return self.head.cross_attention(self.backbone.forward_features(images))
+        finally:
+            self.train(was_training)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters: backbone, head (deployed part), batchformer (training-only), total, deployed."""
+        branch = self._branch_parameters()
+        branch_ids = {id(p) for p in branch}
+        backbone = sum(p.numel() for p in self.backbone.parameters())
+        head = sum(p.numel() for p in self.head.parameters() if id(p) not in branch_ids)
+        extra = sum(p.numel() for p in branch)
+        return {
+            "backbone": backbone,
+            "head": head,
+            "batchformer": extra,
+            "total": backbone + head + extra,
+            "deployed": backbone + head,
+        }
+
+    def deployed_parameter_count(self) -> int:
+        """Parameters of the network that is evaluated and exported (no BatchFormerV2 layer)."""
+        return self.parameter_counts()["deployed"]
+
+    def deployed_state_dict(self) -> dict[str, Tensor]:
+        """``state_dict`` without the training-only BatchFormerV2 layer ("separate" variant).
+
+        It loads into ``build_model(**{**arch, "head": "transformer"})``, which gives the
+        same eval logits. With "shared" it equals ``state_dict()``.
+        """
+        prefix = "head.encoder.batch_layer."
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(prefix)}
+
+    def _branch_parameters(self) -> list[nn.Parameter]:
+        layer = getattr(getattr(self.head, "encoder", None), "batch_layer", None)
+        return list(layer.parameters()) if layer is not None else []
+
+
+def build_model(
+    backbone: str,
+    head: Literal["gap", "transformer", "dual"],
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+    d_model: int = 2048,
+    nhead: int = 4,
+    num_encoder_layers: int = 1,
+    num_decoder_layers: int = 2,
+    dim_feedforward: int = 8192,
+    dropout: float = 0.1,
+    batchformer: Literal["shared", "separate"] = "shared",
+) -> MultiLabelClassifier:
+    """Build a model of the paper's family (defaults: the Q2L / paper head at d_model 2048).
+
+    ``head``: "gap" (pool + linear), "transformer" (Query2Label), "dual" (Query2Label +
+    BatchFormerV2 branch in training; ``batchformer`` "shared" = the paper's weight-sharing
+    reading, "separate" = the official BatchFormerV2 layer). Transformer options are ignored
+    for "gap". A ``pretrained_file`` is loaded whatever ``pretrained`` says.
+    Build on the meta device (``with torch.device("meta"):``) to count parameters cheaply.
+    """
+    if head not in HEADS:
+        raise ConfigError(f"model.head={head!r} is not one of {', '.join(map(repr, HEADS))}")
+    _check_positive("num_classes", num_classes, prefix="")
+    arch: dict[str, Any] = {
+        "backbone": backbone,
+        "head": head,
+        "num_classes": int(num_classes),
+        "backbone_kwargs": dict(backbone_kwargs or {}),
+    }
+    if head != "gap":
+        for key, value in (
+            ("d_model", d_model),
+            ("nhead", nhead),
+            ("num_decoder_layers", num_decoder_layers),
+            ("dim_feedforward", dim_feedforward),
+        ):
+            _check_positive(key, value)
+        if num_encoder_layers < (1 if head == "dual" else 0):
+            raise ConfigError(
+                f"model.num_encoder_layers={num_encoder_layers}: the dual head needs >= 1 "
+                "(its branch follows encoder layer 0)"
+                if head == "dual"
+                else f"model.num_encoder_layers={num_encoder_layers} must be >= 0"
+            )
+        if d_model % nhead or d_model % 2:
+            raise ConfigError(
+                f"model.d_model={d_model} must be even and divisible by model.nhead={nhead}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.dropout={dropout} is not in [0, 1)")
+        arch.update(
+            d_model=int(d_model),
+            nhead=int(nhead),
+            num_encoder_layers=int(num_encoder_layers),
+            num_decoder_layers=int(num_decoder_layers),
+            dim_feedforward=int(dim_feedforward),
+            dropout=float(dropout),
+        )
+    if head == "dual":
+        if batchformer not in BATCHFORMERS:
+            raise ConfigError(
+                f"model.batchformer={batchformer!r} is not one of "
+                f"{', '.join(map(repr, BATCHFORMERS))}"
+            )
+        if batchformer == "separate" and d_model % 4:
+            raise ConfigError(
+                f"model.d_model={d_model} must be divisible by 4: the separate BatchFormerV2 "
+                "layer has 4 heads (official code)"
+            )
+        arch["batchformer"] = batchformer
+
+    net = create_backbone(
+        backbone,
+        pretrained=pretrained,
+        pretrained_file=pretrained_file or None,
+        backbone_kwargs=backbone_kwargs,
+    )
+    channels = int(net.num_features)
+    if head == "gap":
+        head_module: nn.Module = GapHead(channels, num_classes)
+    else:
+        head_module = QueryHead(
+            channels,
+            num_classes,
+            d_model=d_model,
+            nhead=nhead,
+            num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            batchformer=batchformer if head == "dual" else "none",
+        )
+    return MultiLabelClassifier(net, head_module, arch)
+
+
+def build_model_from_config(cfg: ModelConfig, num_classes: int) -> MultiLabelClassifier:
+    """``build_model`` from the ``model`` section of a run's configuration."""
+    return build_model(
+        cfg.backbone,
+        cfg.head,
+        num_classes,
+        pretrained=cfg.pretrained,
+        pretrained_file=cfg.pretrained_file or None,
+        backbone_kwargs=dict(cfg.backbone_kwargs),
+        d_model=cfg.d_model,
+        nhead=cfg.nhead,
+        num_encoder_layers=cfg.num_encoder_layers,
+        num_decoder_layers=cfg.num_decoder_layers,
+        dim_feedforward=cfg.dim_feedforward,
+        dropout=cfg.dropout,
+        batchformer=cfg.batchformer,
+    )
+
+
+def _check_positive(key: str, value: Any, prefix: str = "model.") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{prefix}{key}={value!r} must be a positive integer")

@@ -1,0 +1,202 @@
+"""The plan of runs behind the paper's Tables 1-4 and Figures 5-6, as data.
+
+Each planned run is a base preset plus `section.key=value` overrides (for `load_config`) and the
+table cells and figures it feeds. Two families:
+
+- `paper`: the paper's configurations on COCO 2014 / VOC 2007 (GPU): ResNet-101 against
+  ResNeSt-101e, 448 and 576 px (presets paper-coco-448, paper-coco-576, paper-voc-448).
+- `embedded`: the same configurations scaled down for 2 CPU cores on the generated dataset:
+  a ResNet and a ResNeSt of equal depth (14 layers) and smaller inputs in the paper's
+  448 : 576 = 7 : 9 ratio (preset embedded, which also sets the smaller d_model).
+
+The sizes and backbones live in `FAMILIES`, the one place to tune them. The report
+(`mlic.report`) reads run records by the names made here; `mlic reproduce` runs them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlic.errors import ConfigError
+
+TABLES = ("table1", "table2", "table3", "table4", "figures")
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one family realises the paper's settings: backbones, sizes and base presets."""
+
+    backbones: dict[str, str]  # "resnet" / "resnest" -> timm model name
+    image_sizes: dict[int, int]  # the paper's size (448, 576) -> this family's size in px
+    presets: dict[str, str]  # "coco448" / "coco576" / "voc448" -> base preset
+
+
+FAMILIES: dict[str, Family] = {
+    "paper": Family(
+        backbones={"resnet": "resnet101", "resnest": "resnest101e"},
+        image_sizes={448: 448, 576: 576},
+        presets={
+            "coco448": "paper-coco-448",
+            "coco576": "paper-coco-576",
+            "voc448": "paper-voc-448",
+        },
+    ),
+    # resnet14t / resnest14d: the same depth (deep stem + one bottleneck in each of 4 stages;
+    # timm calls both "14"). 56 : 72 = 448 : 576 = 7 : 9; at stride 32 that is 2x2 and 3x3
+    # tokens (448 / 576 give 14x14 and 18x18).
+    "embedded": Family(
+        backbones={"resnet": "resnet14t", "resnest": "resnest14d"},
+        image_sizes={448: 56, 576: 72},
+        presets={"coco448": "embedded", "coco576": "embedded", "voc448": "embedded"},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One cell (or figure) a run feeds: `table` in TABLES, `cell` a row/column key of it."""
+
+    table: str
+    cell: str  # Table 1/2: paper row key (mlic.paper); Table 3: method key; Table 4: column key
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration of the plan, before the family and the seeds are applied."""
+
+    name: str  # e.g. "coco448-resnest-dual"
+    dataset: str  # "coco" | "voc"
+    paper_size: int  # 448 | 576: the paper's resolution
+    backbone: str  # "resnet" | "resnest"
+    head: str  # "gap" | "transformer" | "dual"
+    feeds: tuple[Feed, ...]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("coco448-resnet-gap", "coco", 448, "resnet", "gap", (Feed("table1", "resnet101"),)),
+    Setting(
+        "coco448-resnet-transformer",
+        "coco",
+        448,
+        "resnet",
+        "transformer",
+        (Feed("table1", "q2l-r101"), Feed("table4", "resnet-transformer")),
+    ),
+    Setting(
+        "coco448-resnest-transformer",
+        "coco",
+        448,
+        "resnest",
+        "transformer",
+        (Feed("table4", "resnest-transformer"),),
+    ),
+    Setting("coco448-resnet-dual", "coco", 448, "resnet", "dual", (Feed("table4", "resnet-dual"),)),
+    Setting(
+        "coco448-resnest-dual",
+        "coco",
+        448,
+        "resnest",
+        "dual",
+        (
+            Feed("table1", "ours"),
+            Feed("table4", "resnest-dual"),
+            Feed("figures", "figure5"),
+            Feed("figures", "figure6"),
+        ),
+    ),
+    Setting(
+        "coco576-resnet-transformer",
+        "coco",
+        576,
+        "resnet",
+        "transformer",
+        (Feed("table2", "q2l-r101"),),
+    ),
+    Setting("coco576-resnest-dual", "coco", 576, "resnest", "dual", (Feed("table2", "ours"),)),
+    Setting("voc448-resnet-gap", "voc", 448, "resnet", "gap", (Feed("table3", "resnet101"),)),
+    Setting("voc448-resnest-dual", "voc", 448, "resnest", "dual", (Feed("table3", "ours"),)),
+)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run to make: `load_config(preset, overrides)` gives its configuration."""
+
+    name: str  # run directory name: the setting's name, plus "-seed{k}" with several seeds
+    setting: str  # the setting's name (runs of one setting differ only in the seed)
+    family: str
+    preset: str
+    overrides: dict[str, Any] = field(hash=False)  # built-in types only (papermill-safe)
+    feeds: tuple[Feed, ...] = ()
+    seed: int | None = None  # None: the preset's seed
+
+    def override_strings(self) -> list[str]:
+        """The overrides as `key=value` strings, for `mlic train --set ...`."""
+        return [f"{key}={value}" for key, value in self.overrides.items()]
+
+    def feeds_table(self, table: str) -> bool:
+        return any(f.table == table for f in self.feeds)
+
+
+def _planned(setting: Setting, family: str, seed: int | None) -> PlannedRun:
+    fam = FAMILIES[family]
+    name = setting.name if seed is None else f"{setting.name}-seed{seed}"
+    overrides: dict[str, Any] = {
+        "name": name,
+        "data.dataset": setting.dataset,
+        "data.image_size": fam.image_sizes[setting.paper_size],
+        "model.backbone": fam.backbones[setting.backbone],
+        "model.head": setting.head,
+    }
+    if seed is not None:
+        overrides["train.seed"] = seed
+    preset = fam.presets[f"{setting.dataset}{setting.paper_size}"]
+    return PlannedRun(name, setting.name, family, preset, overrides, setting.feeds, seed)
+
+
+def runs(family: str, seeds: int = 1, only: str | Iterable[str] | None = None) -> list[PlannedRun]:
+    """The plan's runs for `family`, in the plan's order.
+
+    seeds > 1 repeats every setting with `train.seed` = 0 .. seeds-1 (names end in -seed{k});
+    `only` keeps the runs feeding the named tables ("table1".."table4", "figures").
+    """
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown plan family {family!r}; choose one of: {', '.join(FAMILIES)}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds={seeds!r} must be a positive integer")
+    wanted = _tables(only)
+    chosen = [s for s in SETTINGS if any(f.table in wanted for f in s.feeds)]
+    seed_list: list[int | None] = [None] if seeds == 1 else list(range(seeds))
+    return [_planned(s, family, seed) for s in chosen for seed in seed_list]
+
+
+def _tables(only: str | Iterable[str] | None) -> set[str]:
+    if only is None:
+        return set(TABLES)
+    names = {only} if isinstance(only, str) else set(only)
+    unknown = sorted(names - set(TABLES))
+    if unknown:
+        raise ConfigError(
+            f"unknown table {unknown[0]!r} in --only; choose from: {', '.join(TABLES)}"
+        )
+    return names
+
+
+def setting(name: str) -> Setting:
+    """The setting called `name` (a run name with or without its -seed{k} suffix)."""
+    base = re.sub(r"-seed\d+$", "", name)
+    for s in SETTINGS:
+        if s.name == base:
+            return s
+    raise ConfigError(
+        f"{name!r} is not a run of the plan; runs: {', '.join(s.name for s in SETTINGS)}"
+    )
+
+
+def expected_config(setting_name: str, family: str) -> dict[str, Any]:
+    """The configuration values a record of this setting must show (dotted keys), seed aside."""
+    planned = _planned(setting(setting_name), family, None)
+    return {k: v for k, v in planned.overrides.items() if k != "name"}

@@ -1,0 +1,713 @@
+"""Tables 1-4 (Markdown + CSV) and Figures 5-6 (PNG) from run records alone.
+
+Data flows one way: this module reads `<runs_dir>/<run>/{config.yaml, metrics.json,
+history.csv}` (DESIGN.md, "A run record"), the paper's numbers (`mlic.paper`) and the plan
+(`mlic.plan`); it never imports the engine. Output is deterministic - rows in the paper's
+order, fixed float formats, PNGs without a software tag at a fixed size and dpi - so deleting
+the outputs and building again gives byte-identical files.
+
+A planned run without a complete `metrics.json` (or whose `config.yaml` is not the planned
+configuration of the family) is *missing*: its cells stay empty and it is listed, never
+guessed. A record that does not parse is a `DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from mlic import paper
+from mlic.errors import ConfigError, DataError
+from mlic.plan import FAMILIES, SETTINGS, expected_config
+
+DATASET_NAMES = {"coco": "COCO 2014", "voc": "VOC 2007"}
+HISTORY_COLUMNS = ("epoch", "train_loss", "map", "map_ema")
+OURS = "coco448-resnest-dual"  # the run behind Figures 5 and 6
+FIGURE_SIZE = (6.4, 4.0)  # inches
+FIGURE_DPI = 100
+PAPER, THIS = "paper", "this replication"
+
+
+# --------------------------------------------------------------------------- reading records
+
+
+@dataclass
+class RunRecord:
+    """One complete run record: its resolved configuration and final metrics."""
+
+    name: str
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+
+    def get(self, dotted: str) -> Any:
+        """A configuration value by dotted key (e.g. "model.backbone"); None when absent."""
+        node: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    @property
+    def map(self) -> float:
+        return float(self.metrics["map"])
+
+    @property
+    def seed(self) -> Any:
+        return self.get("train.seed")
+
+    def per_class_ap(self) -> dict[str, float]:
+        path = self.path / "metrics.json"
+        ap = self.metrics.get("per_class_ap")
+        if not isinstance(ap, dict):
+            raise DataError(f"{path}: 'per_class_ap' is missing or not a mapping of class to AP")
+        out = {}
+        for name, value in ap.items():
+            if value is not None and not _is_number(value):
+                raise DataError(f"{path}: per_class_ap[{name!r}] = {value!r} is not a number")
+            out[str(name)] = math.nan if value is None else float(value)
+        return out
+
+    def history(self) -> pd.DataFrame:
+        """history.csv with at least epoch, train_loss, map, map_ema (numbers), by epoch."""
+        path = self.path / "history.csv"
+        if not path.exists():
+            raise DataError(f"{path}: missing (the run's metrics.json says it is complete)")
+        try:
+            df = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot be read as CSV ({_one_line(exc)})") from None
+        for column in HISTORY_COLUMNS:
+            if column not in df.columns:
+                raise DataError(f"{path}: missing column {column!r}")
+            try:
+                df[column] = pd.to_numeric(df[column])
+            except (ValueError, TypeError):
+                raise DataError(
+                    f"{path}: column {column!r} holds values that are not numbers"
+                ) from None
+        return df.sort_values("epoch", kind="stable").reset_index(drop=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_run(run_dir: Path) -> tuple[RunRecord | None, str]:
+    """(record, "") for a complete run; (None, reason) when it is not complete.
+
+    Raises DataError (naming the file) when a file exists but does not parse.
+    """
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.exists():
+        return None, "no metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{metrics_path}: not valid JSON ({_one_line(exc)})") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{metrics_path}: expected a JSON object, found {type(metrics).__name__}")
+    if metrics.get("complete") is not True:
+        return None, "metrics.json is not marked complete"
+    if not _is_number(metrics.get("map")):
+        raise DataError(f"{metrics_path}: 'map' = {metrics.get('map')!r} is not a number")
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise DataError(f"{config_path}: missing (metrics.json says the run is complete)")
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise DataError(f"{config_path}: not valid YAML ({_one_line(exc)})") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{config_path}: expected a mapping of configuration sections")
+    record = RunRecord(run_dir.name, run_dir, config, metrics)
+    for key in ("data.dataset", "data.image_size", "model.backbone", "model.head"):
+        if record.get(key) is None:
+            raise DataError(f"{config_path}: missing key {key!r}")
+    return record, ""
+
+
+@dataclass
+class Collected:
+    """The complete records of each setting of the plan, and what is missing or left out."""
+
+    family: str
+    records: dict[str, list[RunRecord]] = field(default_factory=dict)  # setting -> records
+    missing: dict[str, str] = field(default_factory=dict)  # run name -> reason
+    skipped: dict[str, str] = field(default_factory=dict)  # run name -> why it is not used
+
+
+def collect(runs_dir: Path, family: str) -> Collected:
+    """Find the records of every setting of the plan: `<setting>` and `<setting>-seed{k}`."""
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown plan family {family!r}; choose one of: {', '.join(FAMILIES)}")
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise DataError(f"{runs_dir}: no such directory of run records")
+    names = sorted(p.name for p in runs_dir.iterdir() if p.is_dir())
+    out = Collected(family)
+    for s in SETTINGS:
+        pattern = re.compile(rf"{re.escape(s.name)}(-seed\d+)?")
+        found = [n for n in names if pattern.fullmatch(n)]
+        if not found:
+            out.missing[s.name] = "no run directory"
+        good: list[RunRecord] = []
+        for name in found:
+            record, reason = read_run(runs_dir / name)
+            if record is not None:
+                reason = _mismatch(record, s.name, family)
+            if reason:
+                out.missing[name] = reason
+            elif any(r.seed == record.seed for r in good):
+                out.skipped[name] = f"same seed ({record.seed}) as an earlier record of {s.name}"
+            else:
+                good.append(record)
+        out.records[s.name] = good
+    return out
+
+
+def _mismatch(record: RunRecord, setting_name: str, family: str) -> str:
+    """Why a record is not the plan's run for this family ("" when it is)."""
+    for key, want in expected_config(setting_name, family).items():
+        got = record.get(key)
+        if got != want:
+            return f"config.yaml has {key}={got!r}, the {family} plan has {want!r}"
+    root = record.get("data.root")
+    if (not root) != (family == "embedded"):  # an empty data.root means the embedded dataset
+        where = f"data root {root!r}" if root else "the embedded dataset"
+        return f"config.yaml trains on {where}, not on the {family} family's data"
+    return ""
+
+
+# --------------------------------------------------------------------------- numbers and cells
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean: float
+    std: float  # sample std over seeds; NaN for fewer than two
+    n: int
+    runs: str  # the run names it comes from
+
+    @staticmethod
+    def of(values: list[float], names: list[str]) -> Summary:
+        s = pd.Series(values, dtype=float).dropna()
+        n = len(s)
+        mean = float(s.mean()) if n else math.nan
+        std = float(s.std(ddof=1)) if n > 1 else math.nan
+        return Summary(mean, std, n, ", ".join(sorted(names)))
+
+
+def _summary(records: list[RunRecord], value: Callable[[RunRecord], float]) -> Summary:
+    return Summary.of([value(r) for r in records], [r.name for r in records])
+
+
+def _cell(s: Summary) -> str:
+    if s.n == 0 or math.isnan(s.mean):
+        return ""
+    if s.n == 1:
+        return f"{s.mean:.2f}"
+    return f"{s.mean:.2f} ± {s.std:.2f} (n={s.n})"
+
+
+def _signed(x: float) -> str:
+    return "" if math.isnan(x) else f"{x:+.2f}"
+
+
+def _diff(a: float, b: float) -> float:
+    return a - b if not (math.isnan(a) or math.isnan(b)) else math.nan
+
+
+# --------------------------------------------------------------------------- captions
+
+
+def _describe(records: list[RunRecord], family: str, paper_data: str, paper_size: str) -> str:
+    """One caption line about this replication's runs, from their config.yaml."""
+    if not records:
+        return f"This replication: no complete run record yet ({family} family; see Missing)."
+
+    def values(key: str, only: Callable[[RunRecord], bool] = lambda r: True) -> str:
+        found = {r.get(key) for r in records if only(r) and r.get(key) is not None}
+        try:
+            ordered = sorted(found)  # numbers in numeric order
+        except TypeError:
+            ordered = sorted(found, key=str)
+        return ", ".join(str(v) for v in ordered)
+
+    backbones = values("model.backbone")
+    sizes = values("data.image_size")
+    d_model = values("model.d_model", lambda r: r.get("model.head") != "gap")
+    epochs = values("train.epochs")
+    details = f"backbones {backbones}; input {sizes} px (paper: {paper_size})"
+    if d_model:
+        details += f"; d_model {d_model}"
+    if epochs:
+        details += f"; {epochs} epochs"
+    if all(not r.get("data.root") for r in records):
+        return (
+            f"This replication: scaled-down runs on the generated embedded dataset, "
+            f"not {paper_data} ({details}). Its numbers are not comparable with the paper's "
+            "in absolute terms; compare the differences between rows."
+        )
+    datasets = values("data.dataset")
+    splits = sorted({str(r.metrics.get("split")) for r in records if r.metrics.get("split")})
+    images = sorted({int(r.metrics["num_images"]) for r in records if r.metrics.get("num_images")})
+    where = " / ".join(DATASET_NAMES.get(d, d) for d in datasets.split(", "))
+    if splits:
+        where += f", split {', '.join(splits)}"
+    if images:
+        where += f" ({', '.join(f'{i:,}' for i in images)} images)"
+    return f"This replication: {where}; {details}."
+
+
+def _missing_line(collected: Collected, settings: list[str]) -> str:
+    items = [
+        f"{name} ({reason})"
+        for name, reason in sorted(collected.missing.items())
+        if re.sub(r"-seed\d+$", "", name) in settings
+    ]
+    return f"Missing runs: {'; '.join(items)}." if items else ""
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _feeding(table: str) -> dict[str, str]:
+    """cell key -> setting name, for the settings feeding `table`."""
+    return {f.cell: s.name for s in SETTINGS for f in s.feeds if f.table == table}
+
+
+def _comparison_table(
+    collected: Collected, table: str, rows: tuple[paper.Row, ...], title: str, paper_data: str
+) -> pd.DataFrame:
+    feeding = _feeding(table)
+    out = []
+    used: list[RunRecord] = []
+    for row in rows:
+        records = collected.records.get(feeding.get(row.key, ""), [])
+        used += records
+        s = _summary(records, lambda r: r.map)
+        out.append(
+            {
+                "Method": row.label,
+                "Resolution": f"{row.resolution}×{row.resolution}",
+                f"mAP, {PAPER}": row.map.value,
+                f"mAP, {THIS}": s.mean,
+                "std": s.std,
+                "n": s.n,
+                "Difference": _diff(s.mean, row.map.value),
+                "Runs": s.runs if row.key in feeding else "not run by this project",
+                "_paper_text": row.map.text,
+            }
+        )
+    df = pd.DataFrame(out)
+    size = f"{rows[0].resolution} px"
+    df.attrs["title"] = title
+    df.attrs["summaries"] = {f"mAP, {THIS}": ("std", "n")}
+    df.attrs["caption"] = _describe(used, collected.family, paper_data, size)
+    df.attrs["notes"] = [
+        "mAP in %; the paper's numbers from mlic/paper.py "
+        f"({rows[0].map.source.split(' (')[0]}). Rows this project does not run keep an "
+        "empty cell. Q2L-R101 here is ResNet + Transformer head trained with this recipe."
+    ]
+    df.attrs["missing"] = _missing_line(collected, list(feeding.values()))
+    return df
+
+
+def _voc_row(name: str) -> str | None:
+    """The paper's Table 3 row for a class name (devkit name or the paper's abbreviation)."""
+    if name in paper.VOC_CLASSES:
+        return name
+    by_devkit = {v: k for k, v in paper.VOC_CLASSES.items()}
+    return by_devkit.get(name)
+
+
+def _table3(collected: Collected) -> tuple[pd.DataFrame, pd.DataFrame]:
+    feeding = _feeding("table3")
+    ours = {key: collected.records.get(feeding[key], []) for key in ("resnet101", "ours")}
+    labels = {"resnet101": "ResNet-101", "ours": "Ours"}
+    per_class = {
+        key: [r.per_class_ap() for r in records] for key, records in ours.items()
+    }  # key -> list over seeds of {class: AP}
+
+    def class_summary(key: str, cls: str) -> Summary:
+        values = [ap.get(cls, math.nan) for ap in per_class[key]]
+        return Summary.of(values, [r.name for r in ours[key]])
+
+    # Block 1: the paper's VOC table, this replication's numbers where the classes are VOC's.
+    own_names: list[str] = []
+    for key in ("resnet101", "ours"):
+        for ap in per_class[key]:
+            own_names += [n for n in ap if n not in own_names]
+    voc_names = {_voc_row(n): n for n in own_names if _voc_row(n)}
+    rows = []
+    for row in paper.TABLE3:
+        out: dict[str, Any] = {"Class": row}
+        for key, label, _ in paper.TABLE3_METHODS:
+            out[f"{label}, {PAPER}"] = paper.TABLE3[row][key].value
+        for key in ("resnet101", "ours"):
+            if row == "mAP":
+                s = _summary(ours[key], lambda r: r.map)
+            elif row in voc_names:
+                s = class_summary(key, voc_names[row])
+            else:
+                s = Summary(math.nan, math.nan, 0, "")
+            out[f"{labels[key]}, {THIS}"] = s.mean
+            out[f"{labels[key]}, {THIS}, std"] = s.std
+            out[f"{labels[key]}, {THIS}, n"] = s.n
+            out[f"{labels[key]}, difference"] = _diff(s.mean, paper.TABLE3[row][key].value)
+        rows.append(out)
+    paper_block = pd.DataFrame(rows)
+    paper_block.attrs["summaries"] = {
+        f"{labels[k]}, {THIS}": (f"{labels[k]}, {THIS}, std", f"{labels[k]}, {THIS}, n")
+        for k in ("resnet101", "ours")
+    }
+
+    # Block 2: this replication's per-class AP under its own class names.
+    rows = []
+    for cls in [*own_names, "mAP"]:
+        out = {"Class": cls}
+        means = {}
+        for key in ("resnet101", "ours"):
+            s = _summary(ours[key], lambda r: r.map) if cls == "mAP" else class_summary(key, cls)
+            means[key] = s.mean
+            out[f"{labels[key]}, {THIS}"] = s.mean
+            out[f"{labels[key]}, {THIS}, std"] = s.std
+            out[f"{labels[key]}, {THIS}, n"] = s.n
+        out["Ours - ResNet"] = _diff(means["ours"], means["resnet101"])
+        rows.append(out)
+    own_block = pd.DataFrame(rows)
+    own_block.attrs["summaries"] = paper_block.attrs["summaries"]
+
+    used = ours["resnet101"] + ours["ours"]
+    embedded = bool(used) and all(not r.get("data.root") for r in used)
+    paper_block.attrs["title"] = (
+        "Table 3. AP per class (%) on VOC 2007 test at 448×448: the paper's numbers, "
+        "with this replication's beside them"
+    )
+    paper_block.attrs["caption"] = _describe(used, collected.family, "VOC 2007", "448 px")
+    paper_block.attrs["notes"] = [
+        "The paper's numbers from mlic/paper.py (Table 3). ML-GCN, SSGRL and ASL (TResNetL) "
+        "are not run by this project. "
+        + (
+            "The generated dataset has its own classes, so only the mAP row compares; "
+            "its per-class AP is in the second block."
+            if embedded
+            else "Class rows are filled where this replication's class names are VOC's."
+        )
+    ]
+    paper_block.attrs["missing"] = _missing_line(collected, list(feeding.values()))
+    own_block.attrs["title"] = "Table 3 (second block). This replication's AP per class (%)"
+    own_block.attrs["caption"] = (
+        "Classes of the generated embedded dataset, in its order."
+        if embedded
+        else "Classes as named in this replication's metrics.json, in its order."
+    )
+    own_block.attrs["notes"] = []
+    own_block.attrs["missing"] = ""
+    return paper_block, own_block
+
+
+def _table4(collected: Collected) -> pd.DataFrame:
+    feeding = _feeding("table4")
+    rows = []
+    used: list[RunRecord] = []
+    summaries = {}
+    for col in paper.TABLE4:
+        records = collected.records.get(feeding[col.key], [])
+        used += records
+        summaries[col.key] = _summary(records, lambda r: r.map)
+    base_key = "resnet-transformer"  # the paper's gains in §2.3 are over this column
+    base = next(c.map.value for c in paper.TABLE4 if c.key == base_key)
+    for col in paper.TABLE4:
+        s = summaries[col.key]
+        rows.append(
+            {
+                "Backbone": "ResNeSt" if col.backbone == "resnest" else "ResNet",
+                "Head": "dual-branch Transformer" if col.head == "dual" else "Transformer",
+                f"mAP, {PAPER}": col.map.value,
+                f"mAP, {THIS}": s.mean,
+                "std": s.std,
+                "n": s.n,
+                "Difference": _diff(s.mean, col.map.value),
+                "Gain over ResNet + Transformer (paper)": col.map.value - base,
+                "Gain over ResNet + Transformer (this replication)": _diff(
+                    s.mean, summaries[base_key].mean
+                ),
+                "Runs": s.runs,
+                "_paper_text": col.map.text,
+            }
+        )
+    df = pd.DataFrame(rows)
+    df.attrs["summaries"] = {f"mAP, {THIS}": ("std", "n")}
+    df.attrs["title"] = "Table 4. Ablation on COCO 2014 at 448×448: backbone × head, mAP (%)"
+    df.attrs["caption"] = _describe(used, collected.family, "COCO 2014", "448 px")
+    df.attrs["notes"] = [
+        "The paper's numbers from mlic/paper.py (Table 4; its column 2 lost the ResNeSt check "
+        "mark in the text extraction, restored from §2.3). Gains are differences of means.",
+        paper.table4_discrepancy_note(),
+    ]
+    df.attrs["missing"] = _missing_line(collected, list(feeding.values()))
+    return df
+
+
+def build_tables(runs_dir: Path, family: str = "embedded") -> dict[str, pd.DataFrame]:
+    """Tables 1-4 as DataFrames (numbers; NaN where missing). Keys: table1, table2, table3,
+    table3_classes, table4. Each frame's `attrs` hold title, caption, notes and missing."""
+    return _tables(collect(Path(runs_dir), family))
+
+
+def _tables(collected: Collected) -> dict[str, pd.DataFrame]:
+    t3, t3_classes = _table3(collected)
+    return {
+        "table1": _comparison_table(
+            collected,
+            "table1",
+            paper.TABLE1,
+            "Table 1. mAP (%) on COCO 2014 val2014 at 448×448",
+            "COCO 2014",
+        ),
+        "table2": _comparison_table(
+            collected,
+            "table2",
+            paper.TABLE2,
+            "Table 2. mAP (%) on COCO 2014 val2014 at 576×576",
+            "COCO 2014",
+        ),
+        "table3": t3,
+        "table3_classes": t3_classes,
+        "table4": _table4(collected),
+    }
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Strings for Markdown: mean ± std (n) in one cell, paper numbers as printed, 2 decimals."""
+    merged: dict[str, tuple[str, str]] = df.attrs.get("summaries", {})
+    hidden = {c for pair in merged.values() for c in pair}
+    out = pd.DataFrame(index=df.index)
+    for column in df.columns:
+        if column.startswith("_") or column in hidden:
+            continue  # internal, or merged into a "this replication" cell
+        values = df[column]
+        if column in merged:  # "mean" or "mean ± std (n=k)"
+            std, n = (df[c] for c in merged[column])
+            out[column] = [
+                _cell(Summary(m, s, int(k), "")) for m, s, k in zip(values, std, n, strict=True)
+            ]
+        elif any(word in column for word in ("Difference", "difference", "Gain", " - ")):
+            out[column] = [_signed(v) for v in values]
+        elif column == f"mAP, {PAPER}" and "_paper_text" in df:
+            out[column] = df["_paper_text"]  # as printed: 87.0, 85.41
+        elif column.endswith(PAPER):
+            out[column] = [f"{v:.1f}" for v in values]  # Table 3 prints one decimal throughout
+        else:
+            out[column] = values.astype(str)
+    return out
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    def esc(x: Any) -> str:
+        return str(x).replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(esc(c) for c in df.columns) + " |",
+        "|" + "|".join("---" for _ in df.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _block(df: pd.DataFrame) -> str:
+    parts = [f"**{df.attrs['title']}**", df.attrs["caption"], _markdown(_display_frame(df))]
+    parts += list(df.attrs.get("notes", []))
+    if df.attrs.get("missing"):
+        parts.append(df.attrs["missing"])
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _csv(df: pd.DataFrame) -> str:
+    data = df[[c for c in df.columns if not c.startswith("_")]]
+    return data.to_csv(index=False, float_format="%.2f", lineterminator="\n")
+
+
+def _write(path: Path, data: str | bytes) -> None:
+    """Write atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _figure_frames(collected: Collected) -> tuple[pd.DataFrame | None, str]:
+    """Per-epoch history of "ours" (all its seeds, long form) and a subtitle."""
+    records = collected.records.get(OURS, [])
+    if not records:
+        return None, ""
+    frames = []
+    for r in records:
+        h = r.history()
+        frames.append(h.assign(run=r.name))
+    df = pd.concat(frames, ignore_index=True)
+    backbones = ", ".join(sorted({str(r.get("model.backbone")) for r in records}))
+    sizes = ", ".join(sorted({str(r.get("data.image_size")) for r in records}))
+    where = (
+        "generated embedded dataset"
+        if all(not r.get("data.root") for r in records)
+        else DATASET_NAMES.get(str(records[0].get("data.dataset")), "")
+    )
+    subtitle = f"{OURS}: {backbones}, {sizes} px, {where}"
+    if len(records) > 1:
+        subtitle += f"\nmean ± sd over {len(records)} seeds"
+    return df, subtitle
+
+
+def _render_png(draw: Callable[[Any], None]) -> bytes:
+    """Draw on a fresh Figure (no pyplot, no backend change) and return its PNG bytes."""
+    import io
+
+    import matplotlib as mpl
+    import seaborn as sns
+    from matplotlib.figure import Figure
+
+    with mpl.rc_context():
+        mpl.rcdefaults()  # independent of a notebook's or user's rc settings
+        with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+            fig = Figure(figsize=FIGURE_SIZE, dpi=FIGURE_DPI, layout="constrained")
+            ax = fig.subplots()
+            draw(ax)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=FIGURE_DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _label(ax: Any, title: str, subtitle: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_title(f"{title}\n{subtitle}", fontsize="small")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _placeholder(ax: Any, title: str, reason: str) -> None:
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, reason, ha="center", va="center", wrap=True, transform=ax.transAxes)
+
+
+def figure5(collected: Collected) -> bytes:
+    """Figure 5: training loss of "ours" by epoch (ASL, summed over classes, mean per image)."""
+    import seaborn as sns
+
+    df, subtitle = _figure_frames(collected)
+    title = "Figure 5. Training loss of ours"
+
+    def draw(ax: Any) -> None:
+        if df is None:
+            _placeholder(ax, title, f"No complete run record of {OURS}.")
+            return
+        sns.lineplot(data=df, x="epoch", y="train_loss", errorbar="sd", marker="o", ax=ax)
+        _label(ax, title, subtitle)
+        ax.set_ylabel("ASL loss per image (sum over classes)")
+
+    return _render_png(draw)
+
+
+def figure6(collected: Collected) -> bytes:
+    """Figure 6: validation mAP (%) of "ours" by epoch, of the model and of its EMA."""
+    import seaborn as sns
+
+    df, subtitle = _figure_frames(collected)
+    title = "Figure 6. Validation mAP of ours, model and EMA weights"
+
+    def draw(ax: Any) -> None:
+        if df is None:
+            _placeholder(ax, title, f"No complete run record of {OURS}.")
+            return
+        long = pd.concat(
+            [
+                df[["epoch", "run"]].assign(mAP=df["map"], weights="model"),
+                df[["epoch", "run"]].assign(mAP=df["map_ema"], weights="EMA"),
+            ],
+            ignore_index=True,
+        )
+        sns.lineplot(
+            data=long,
+            x="epoch",
+            y="mAP",
+            hue="weights",
+            style="weights",
+            errorbar="sd",
+            marker="o",
+            ax=ax,
+        )
+        _label(ax, title, subtitle)
+        ax.set_ylabel("mAP (%)")
+
+    return _render_png(draw)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def build_report(runs_dir: Path, out_dir: Path, family: str = "embedded") -> dict[str, Any]:
+    """Write tables/table{1..4}.{md,csv} (+ table3_classes.csv) and figures/figure{5,6}_*.png.
+
+    Returns {"tables": {name: [paths]}, "figures": {name: path}, "missing": {run: reason},
+    "skipped": {run: reason}}. Every number comes from `runs_dir` or `mlic.paper`.
+    """
+    collected = collect(Path(runs_dir), family)
+    frames = _tables(collected)
+    tables_dir, figures_dir = Path(out_dir) / "tables", Path(out_dir) / "figures"
+    # Render everything first, so that a bad record stops the report before any file changes.
+    contents: dict[Path, str | bytes] = {}
+    written: dict[str, list[Path]] = {}
+    for name in ("table1", "table2", "table3", "table4"):
+        md = _block(frames[name])
+        if name == "table3":
+            md += "\n" + _block(frames["table3_classes"])
+        written[name] = [tables_dir / f"{name}.md", tables_dir / f"{name}.csv"]
+        contents[written[name][0]] = md
+        contents[written[name][1]] = _csv(frames[name])
+    written["table3"].append(tables_dir / "table3_classes.csv")
+    contents[written["table3"][-1]] = _csv(frames["table3_classes"])
+    figures = {
+        "figure5": figures_dir / "figure5_loss.png",
+        "figure6": figures_dir / "figure6_map.png",
+    }
+    contents[figures["figure5"]] = figure5(collected)
+    contents[figures["figure6"]] = figure6(collected)
+    for path, data in contents.items():
+        _write(path, data)
+    return {
+        "tables": written,
+        "figures": figures,
+        "missing": dict(sorted(collected.missing.items())),
+        "skipped": dict(sorted(collected.skipped.items())),
+    }

@@ -1,0 +1,313 @@
+"""Tables and figures from fake run records: values, missing runs, seeds, bad records, bytes."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import math
+import shutil
+import statistics
+import struct
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+
+import mlic.report as report
+from mlic.config import load_config
+from mlic.errors import DataError
+from mlic.paper import TABLE1, TABLE4, VOC_CLASSES
+from mlic.plan import runs
+from mlic.report import build_report, build_tables
+
+OWN_CLASSES = ["circle", "square", "triangle"]
+
+
+def fake_map(setting: str, seed: int | None) -> float:
+    """A distinct, known mAP per setting and seed."""
+    names = [r.setting for r in runs("embedded")]
+    return 40.0 + 3.0 * names.index(setting) + (seed or 0) * 0.5
+
+
+def write_run(
+    runs_dir: Path, run, value: float, classes: list[str] = OWN_CLASSES, complete: bool = True
+) -> Path:
+    """A run record in the engine's format (DESIGN.md), with a resolved config.yaml."""
+    cfg = load_config(run.preset, run.overrides)
+    d = runs_dir / run.name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(cfg.to_yaml())
+    rows = ["epoch,train_loss,lr,map,map_ema,seconds,images_per_s,skipped_images"]
+    for e in range(1, cfg.train.epochs + 1):
+        rows.append(f"{e},{20 / e:.4f},0.001,{value - 6 / e:.3f},{value - 8 / e:.3f},2.0,50.0,0")
+    (d / "history.csv").write_text("\n".join(rows) + "\n")
+    metrics = {
+        "map": value,
+        "weights": "ema",
+        "map_model": value - 0.2,
+        "map_ema": value,
+        "per_class_ap": {c: value + i - 1 for i, c in enumerate(classes)},
+        "num_classes_evaluated": len(classes),
+        "classes_without_positives": [],
+        "dataset": cfg.data.dataset,
+        "split": "val",
+        "embedded": cfg.data.is_embedded,
+        "image_size": cfg.data.image_size,
+        "epochs": cfg.train.epochs,
+        "seed": cfg.train.seed,
+        "device": "cpu",
+        "versions": {},
+        "git_commit": "0" * 40,
+        "num_images": 500,
+        "wall_seconds": 10.0,
+        "train_images_per_s": 50.0,
+        "complete": complete,
+    }
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    return d
+
+
+def make_runs(runs_dir: Path, family: str = "embedded", seeds: int = 1, **kwargs) -> None:
+    for run in runs(family, seeds=seeds):
+        write_run(runs_dir, run, fake_map(run.setting, run.seed), **kwargs)
+
+
+def row(df: pd.DataFrame, column: str, value: str) -> pd.Series:
+    return df[df[column] == value].iloc[0]
+
+
+@pytest.fixture
+def full(tmp_path) -> Path:
+    make_runs(tmp_path / "runs")
+    return tmp_path / "runs"
+
+
+# --------------------------------------------------------------------------- values
+
+
+def test_tables_hold_the_records_numbers_beside_the_papers(full):
+    tables = build_tables(full, "embedded")
+    t1 = tables["table1"]
+    ours = row(t1, "Method", next(r.label for r in TABLE1 if r.key == "ours"))
+    assert ours["mAP, paper"] == 87.0
+    assert ours["mAP, this replication"] == fake_map("coco448-resnest-dual", None)
+    assert ours["Difference"] == pytest.approx(ours["mAP, this replication"] - 87.0)
+    assert ours["n"] == 1 and math.isnan(ours["std"])
+    gcn = row(t1, "Method", "ML-GCN")  # a row the project does not run
+    assert gcn["mAP, paper"] == 83.0 and math.isnan(gcn["mAP, this replication"])
+
+    t4 = tables["table4"]
+    assert list(t4["mAP, paper"]) == [c.map.value for c in TABLE4]
+    keys = zip(t4["Backbone"], t4["Head"], strict=True)
+    got = dict(zip(keys, t4["mAP, this replication"], strict=True))
+    assert got["ResNeSt", "Transformer"] == fake_map("coco448-resnest-transformer", None)
+    gains = t4["Gain over ResNet + Transformer (this replication)"]
+    assert gains.iloc[3] == pytest.approx(
+        fake_map("coco448-resnest-dual", None) - fake_map("coco448-resnet-transformer", None)
+    )
+    assert t4["Gain over ResNet + Transformer (paper)"].round(2).tolist() == [0.0, 1.05, 0.56, 1.59]
+
+
+def test_table3_blocks_for_the_embedded_dataset(full):
+    tables = build_tables(full, "embedded")
+    paper_block, own = tables["table3"], tables["table3_classes"]
+    assert list(paper_block["Class"]) == [*VOC_CLASSES, "mAP"]
+    # the generated classes are not VOC's: only the mAP row compares
+    assert paper_block["Ours, this replication"].iloc[:-1].isna().all()
+    m = row(paper_block, "Class", "mAP")
+    assert m["Ours, this replication"] == fake_map("voc448-resnest-dual", None)
+    assert m["Ours, difference"] == pytest.approx(m["Ours, this replication"] - 96.0)
+    assert list(own["Class"]) == [*OWN_CLASSES, "mAP"]
+    value = fake_map("voc448-resnest-dual", None)
+    assert list(own["Ours, this replication"]) == [value - 1, value, value + 1, value]
+    assert own["Ours - ResNet"].iloc[0] == pytest.approx(
+        value - fake_map("voc448-resnet-gap", None)
+    )
+
+
+def test_table3_fills_voc_classes_for_the_paper_family(tmp_path):
+    devkit = list(VOC_CLASSES.values())
+    make_runs(tmp_path / "runs", family="paper", classes=devkit)
+    t3 = build_tables(tmp_path / "runs", "paper")["table3"]
+    value = fake_map("voc448-resnest-dual", None)
+    bike = row(t3, "Class", "bike")  # devkit "bicycle", second class: AP = value + 0
+    assert bike["Ours, this replication"] == value
+    assert bike["Ours, difference"] == pytest.approx(value - 99.1)
+    assert t3["Ours, this replication"].notna().all()
+    caption = t3.attrs["caption"]
+    assert "VOC 2007" in caption and "generated" not in caption and "resnest101e" in caption
+
+
+def test_seeds_give_mean_std_and_n(tmp_path):
+    make_runs(tmp_path / "runs", seeds=3)
+    t1 = build_tables(tmp_path / "runs", "embedded")["table1"]
+    ours = row(t1, "Method", next(r.label for r in TABLE1 if r.key == "ours"))
+    values = [fake_map("coco448-resnest-dual", k) for k in range(3)]
+    assert ours["n"] == 3
+    assert ours["mAP, this replication"] == pytest.approx(statistics.mean(values))
+    assert ours["std"] == pytest.approx(statistics.stdev(values))
+    md = report._block(t1)
+    assert f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n=3)" in md
+
+
+# --------------------------------------------------------------------------- files
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_files_and_byte_identical_rebuild(full, tmp_path):
+    backend = matplotlib.get_backend()
+    out = tmp_path / "results"
+    paths = build_report(full, out, "embedded")
+    assert paths["missing"] == {} and paths["skipped"] == {}
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    assert [p.relative_to(out).as_posix() for p in files] == [
+        "figures/figure5_loss.png",
+        "figures/figure6_map.png",
+        "tables/table1.csv",
+        "tables/table1.md",
+        "tables/table2.csv",
+        "tables/table2.md",
+        "tables/table3.csv",
+        "tables/table3.md",
+        "tables/table3_classes.csv",
+        "tables/table4.csv",
+        "tables/table4.md",
+    ]
+    first = {p: p.read_bytes() for p in files}
+    for name in ("figure5", "figure6"):
+        data = paths["figures"][name].read_bytes()
+        w, h = png_size(data)
+        assert (w, h) == (640, 400)
+        assert b"Software" not in data and b"matplotlib" not in data.lower()
+    shutil.rmtree(out / "tables")
+    shutil.rmtree(out / "figures")
+    build_report(full, out, "embedded")
+    assert {p: p.read_bytes() for p in files} == first
+    assert matplotlib.get_backend() == backend  # the report leaves the backend alone
+
+    md = (out / "tables" / "table1.md").read_text()
+    assert "paper" in md and "this replication" in md
+    assert "not COCO 2014" in md and "resnet14t" in md and "resnest14d" in md and "56 px" in md
+    assert "72 px" in (out / "tables" / "table2.md").read_text()
+    t4 = (out / "tables" / "table4.md").read_text()
+    assert "+0.51" in t4 and "0.56" in t4
+    csv = pd.read_csv(out / "tables" / "table1.csv")
+    assert csv["mAP, paper"].tolist() == [r.map.value for r in TABLE1]
+
+
+def test_a_missing_run_is_an_empty_cell_and_listed(full, tmp_path):
+    shutil.rmtree(full / "coco448-resnet-dual")
+    (full / "coco576-resnest-dual" / "metrics.json").unlink()
+    status = json.loads((full / "voc448-resnet-gap" / "metrics.json").read_text())
+    status["complete"] = False
+    (full / "voc448-resnet-gap" / "metrics.json").write_text(json.dumps(status))
+
+    out = build_report(full, tmp_path / "results", "embedded")
+    assert set(out["missing"]) == {
+        "coco448-resnet-dual",
+        "coco576-resnest-dual",
+        "voc448-resnet-gap",
+    }
+    assert "no metrics.json" in out["missing"]["coco576-resnest-dual"]
+    assert "not marked complete" in out["missing"]["voc448-resnet-gap"]
+    t4 = pd.read_csv(tmp_path / "results" / "tables" / "table4.csv")
+    dual = t4[(t4["Backbone"] == "ResNet") & (t4["Head"] == "dual-branch Transformer")].iloc[0]
+    assert math.isnan(dual["mAP, this replication"]) and dual["n"] == 0
+    md = (tmp_path / "results" / "tables" / "table4.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| ResNet | dual-branch"))
+    assert line.split("|")[4].strip() == ""  # the "this replication" cell is empty
+    assert "Missing runs: coco448-resnet-dual" in md
+    assert "coco576-resnest-dual" in (tmp_path / "results" / "tables" / "table2.md").read_text()
+
+
+def test_missing_ours_gives_placeholder_figures(full, tmp_path):
+    shutil.rmtree(full / "coco448-resnest-dual")
+    out = build_report(full, tmp_path / "results", "embedded")
+    assert "coco448-resnest-dual" in out["missing"]
+    assert png_size(out["figures"]["figure5"].read_bytes()) == (640, 400)
+
+
+def test_records_of_another_family_are_not_used(full):
+    # An embedded record under a name of the plan is not the paper family's run.
+    collected = report.collect(full, "paper")
+    assert all(not records for records in collected.records.values())
+    assert "the paper plan has 448" in collected.missing["coco448-resnest-dual"]
+    # The paper's configuration trained on the embedded dataset is not the paper's run either.
+    run = next(r for r in runs("paper") if r.name == "coco448-resnet-gap")
+    shutil.rmtree(full / run.name)
+    write_run(full, dataclasses.replace(run, overrides={**run.overrides, "data.root": ""}), 1.0)
+    reason = report.collect(full, "paper").missing["coco448-resnet-gap"]
+    assert "embedded dataset" in reason
+
+
+def test_duplicate_seed_is_skipped(full):
+    run = next(r for r in runs("embedded", seeds=2) if r.name == "coco448-resnest-dual-seed0")
+    write_run(full, run, 99.0)  # seed 0 again, beside the unsuffixed seed-0 run
+    collected = report.collect(full, "embedded")
+    assert [r.name for r in collected.records["coco448-resnest-dual"]] == ["coco448-resnest-dual"]
+    assert "coco448-resnest-dual-seed0" in collected.skipped
+
+
+# --------------------------------------------------------------------------- bad records
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "message"),
+    [
+        ("metrics.json", "{not json", "not valid JSON"),
+        ("metrics.json", "[1, 2]", "expected a JSON object"),
+        ("metrics.json", '{"complete": true, "map": "high"}', "'map' = 'high' is not a number"),
+        ("config.yaml", "model: [unclosed", "not valid YAML"),
+        ("config.yaml", "model:\n  head: dual\n", "missing key 'data.dataset'"),
+        ("history.csv", "epoch,train_loss\n1,2.0\n", "missing column 'map'"),
+        ("history.csv", "epoch,train_loss,map,map_ema\n1,x,3,4\n", "'train_loss'"),
+    ],
+)
+def test_a_malformed_record_is_a_one_line_error_naming_the_file(
+    full, tmp_path, filename, content, message
+):
+    path = full / "coco448-resnest-dual" / filename
+    path.write_text(content)
+    with pytest.raises(DataError, match=message) as info:
+        build_report(full, tmp_path / "results", "embedded")
+    text = str(info.value)
+    assert str(path) in text and "\n" not in text
+    assert not (tmp_path / "results").exists()  # nothing written, not even the tables
+
+
+def test_unknown_family_and_runs_dir(tmp_path):
+    from mlic.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown plan family"):
+        build_tables(tmp_path, "laptop")
+    with pytest.raises(DataError, match="no such directory"):
+        build_tables(tmp_path / "nowhere", "embedded")
+
+
+def test_empty_runs_dir_gives_empty_cells(tmp_path):
+    out = build_report(tmp_path, tmp_path / "results", "embedded")
+    assert len(out["missing"]) == len(runs("embedded"))
+    t1 = pd.read_csv(tmp_path / "results" / "tables" / "table1.csv")
+    assert t1["mAP, this replication"].isna().all()
+
+
+def test_the_report_never_imports_the_engine():
+    tree = ast.parse(Path(report.__file__).read_text())
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert {m for m in imported if m and m.startswith("mlic")} <= {
+        "mlic",
+        "mlic.errors",
+        "mlic.plan",
+        "mlic.paper",
+    }
