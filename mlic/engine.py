@@ -255,8 +255,10 @@ def train_one_epoch(
     )
     for images, targets, _ignore, num_skipped in bar:
         skipped += num_skipped
-        if images.shape[0] < 2 and cfg.model.head == "dual":
-            continue  # every image of this batch was unreadable but one: nothing to attend across
+        if images.shape[0] < ema_target.min_training_batch:
+            # Unreadable images left one: the dual head and ResNeSt need >= 2 to train on.
+            skipped += images.shape[0]
+            continue
         if cfg.data.cutmix_prob > 0:
             images, targets = cutmix(
                 images,

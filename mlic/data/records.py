@@ -1,0 +1,126 @@
+"""What one split of a dataset holds: image files, labels, the "ignore" mask and the objects.
+
+Both loaders (COCO, VOC) produce a `SplitIndex`; the torch `MultiLabelDataset`, the statistics
+and the small-object analysis all read it. It holds NumPy arrays rather than Python lists, so
+that DataLoader workers (forked) share it instead of copying it page by page as reference
+counts change (the known PyTorch issue with large Python lists in a Dataset).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ObjectTable:
+    """One row per annotated object (flat arrays of equal length M), for the small-object
+    analysis: which image and class, and how much of the image it covers."""
+
+    image_index: np.ndarray  # [M] int64, row in the SplitIndex
+    class_index: np.ndarray  # [M] int64, 0..K-1
+    area_fraction: np.ndarray  # [M] float32, object area / image area (0-1); NaN if unknown
+    difficult: np.ndarray  # [M] bool, VOC `difficult`; all False for COCO
+    crowd: np.ndarray  # [M] bool, COCO `iscrowd`; all False for VOC
+
+    def __len__(self) -> int:
+        return int(self.image_index.shape[0])
+
+    @staticmethod
+    def from_rows(rows: list[tuple[int, int, float, bool, bool]]) -> ObjectTable:
+        """Rows of (image_index, class_index, area_fraction, difficult, crowd)."""
+        if not rows:
+            empty_i = np.zeros(0, dtype=np.int64)
+            empty_b = np.zeros(0, dtype=bool)
+            return ObjectTable(empty_i, empty_i, np.zeros(0, np.float32), empty_b, empty_b)
+        img, cls, area, diff, crowd = zip(*rows, strict=True)
+        return ObjectTable(
+            image_index=np.asarray(img, dtype=np.int64),
+            class_index=np.asarray(cls, dtype=np.int64),
+            area_fraction=np.asarray(area, dtype=np.float32),
+            difficult=np.asarray(diff, dtype=bool),
+            crowd=np.asarray(crowd, dtype=bool),
+        )
+
+    def select_images(self, n: int) -> ObjectTable:
+        """The objects of the first n images."""
+        keep = self.image_index < n
+        return ObjectTable(
+            self.image_index[keep],
+            self.class_index[keep],
+            self.area_fraction[keep],
+            self.difficult[keep],
+            self.crowd[keep],
+        )
+
+
+@dataclass(frozen=True)
+class SplitIndex:
+    """The labels of one split, in a fixed order (COCO: ascending image id; VOC: the order of
+    the ImageSets file)."""
+
+    dataset: str  # "coco" | "voc"
+    split: str
+    source: Path  # the annotation file (COCO) or folder (VOC) the labels came from
+    class_names: list[str]
+    files: np.ndarray  # [N] str, image paths
+    targets: np.ndarray  # [N, K] float32, 1 = positive, 0 = negative
+    ignore: np.ndarray  # [N, K] bool, True = leave out of evaluation (VOC difficult-only)
+    sizes: np.ndarray  # [N, 2] int64, (width, height) in pixels as annotated
+    objects: ObjectTable = field(repr=False)
+
+    def __post_init__(self) -> None:
+        n, k = len(self.files), len(self.class_names)
+        assert self.targets.shape == (n, k), (self.targets.shape, n, k)
+        assert self.ignore.shape == (n, k), (self.ignore.shape, n, k)
+        assert self.sizes.shape == (n, 2), self.sizes.shape
+
+    @property
+    def num_images(self) -> int:
+        return int(self.files.shape[0])
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_without_labels(self) -> int:
+        """Images with no positive label (kept, with all-zero targets)."""
+        return int((self.targets.sum(axis=1) == 0).sum())
+
+    def image_path(self, i: int) -> Path:
+        return Path(str(self.files[i]))
+
+    def head(self, n: int) -> SplitIndex:
+        """Only the first n images (deterministic; for smoke runs). n <= 0 keeps all."""
+        if n <= 0 or n >= self.num_images:
+            return self
+        return SplitIndex(
+            dataset=self.dataset,
+            split=self.split,
+            source=self.source,
+            class_names=list(self.class_names),
+            files=self.files[:n],
+            targets=self.targets[:n],
+            ignore=self.ignore[:n],
+            sizes=self.sizes[:n],
+            objects=self.objects.select_images(n),
+        )
+
+    def object_areas(self) -> list[list[tuple[int, float]]]:
+        """Per image, (class_index, area / image_area) of each object: the small-object view."""
+        out: list[list[tuple[int, float]]] = [[] for _ in range(self.num_images)]
+        obj = self.objects
+        for i, c, a in zip(
+            obj.image_index.tolist(),
+            obj.class_index.tolist(),
+            obj.area_fraction.tolist(),
+            strict=True,
+        ):
+            out[i].append((c, a))
+        return out

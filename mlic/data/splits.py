@@ -1,0 +1,21 @@
+"""Which loader reads which dataset (no torch: the statistics command uses it too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlic.data.coco import read_coco
+from mlic.data.records import SplitIndex
+from mlic.data.voc import read_voc
+from mlic.errors import DataError
+
+DATASETS = ("coco", "voc")
+
+
+def read_split(dataset: str, root: str | Path, split: str) -> SplitIndex:
+    """The labels of one split: `root` holds `annotations/` (COCO) or `VOC2007/` (VOC)."""
+    if dataset == "coco":
+        return read_coco(root, split)
+    if dataset == "voc":
+        return read_voc(root, split)
+    raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")

@@ -1,0 +1,20 @@
+"""Smoke test of benchmarks/input_pipeline.py --quick (no timing is asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "input_pipeline.py"
+
+
+def test_input_pipeline_benchmark_quick_run_prints_a_table(capsys):
+    spec = importlib.util.spec_from_file_location("input_pipeline", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--quick", "--image-size", "64", "--workers", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1].split()[-1] == "images/s"
+    rates = [float(line.split()[-1]) for line in lines[2:]]
+    assert len(rates) == 4 and all(math.isfinite(r) and r > 0 for r in rates)

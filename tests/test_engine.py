@@ -1,0 +1,203 @@
+"""The engine: a run record is written, resume is exact, failures are clear and safe."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mlic.checkpoint import load_checkpoint, save_checkpoint
+from mlic.config import load_config
+from mlic.distributed import DistInfo, ShardSampler, gather_by_index
+from mlic.engine import NonFiniteLoss, evaluate_checkpoint, fit
+from mlic.errors import CheckpointError, MlicError
+from mlic.runrecord import HISTORY_COLUMNS, run_lock
+
+TINY = [
+    "data.image_size=32",
+    "data.num_workers=0",
+    "data.max_train_images=48",
+    "data.max_val_images=32",
+    "model.d_model=32",
+    "model.dim_feedforward=64",
+    "train.batch_size=8",
+    "train.eval_batch_size=16",
+]
+
+
+def tiny_config(root: Path, *extra: str):
+    return load_config("embedded", [*TINY, f"data.embedded_root={root}", *extra])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_embedded_root, tmp_path_factory):
+    """One uninterrupted two-epoch run, shared by several tests."""
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(tiny_embedded_root, "train.epochs=2", "train.log_iteration_loss=true")
+    metrics = fit(cfg, run_dir, progress=False)
+    return cfg, run_dir, metrics
+
+
+def test_run_record_is_complete(finished_run):
+    cfg, run_dir, metrics = finished_run
+    assert (run_dir / "config.yaml").is_file()
+    assert load_config(path=run_dir / "config.yaml") == cfg
+    history = pd.read_csv(run_dir / "history.csv")
+    assert list(history.columns) == HISTORY_COLUMNS
+    assert history["epoch"].tolist() == [1, 2]
+    assert history["train_loss"].notna().all() and (history["images_per_s"] > 0).all()
+    iterations = pd.read_csv(run_dir / "iterations.csv")
+    assert len(iterations) == 2 * (48 // 8)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["complete"] is True
+    assert saved["weights"] in ("model", "ema")
+    assert saved["map"] == max(saved["map_model"], saved["map_ema"])
+    assert saved["map"] == pytest.approx(history.iloc[-1][["map", "map_ema"]].max(), abs=1e-3)
+    assert saved["num_images"] == 32 and saved["epochs"] == 2
+    assert len(saved["per_class_ap"]) >= 20
+    for key in ("versions", "git_commit", "device", "seed", "image_size", "dataset"):
+        assert key in saved
+    assert metrics == saved
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+
+
+def test_resume_after_a_kill_mid_epoch_gives_the_same_metrics(
+    finished_run, tiny_embedded_root, tmp_path, monkeypatch
+):
+    _, _, uninterrupted = finished_run
+    cfg = tiny_config(tiny_embedded_root, "train.epochs=2", "train.log_iteration_loss=true")
+
+    import mlic.engine as engine
+
+    real_loss = engine.AsymmetricLoss
+    calls = {"n": 0}
+
+    class DiesMidEpoch2(real_loss):
+        def forward(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 6 + 3:  # third iteration of the second epoch (6 per epoch)
+                raise KeyboardInterrupt  # what a kill looks like from inside the loop
+            return super().forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "AsymmetricLoss", DiesMidEpoch2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path, progress=False)
+    assert not (tmp_path / "metrics.json").exists()
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
+
+    monkeypatch.setattr(engine, "AsymmetricLoss", real_loss)
+    with pytest.raises(MlicError, match="--resume"):
+        fit(cfg, tmp_path, progress=False)
+    resumed = fit(cfg, tmp_path, resume=True, progress=False)
+    for key in ("map", "map_model", "map_ema", "per_class_ap", "of1", "cf1"):
+        assert resumed[key] == uninterrupted[key], key
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+
+
+def test_resume_refuses_a_different_configuration(finished_run, tiny_embedded_root):
+    _, run_dir, _ = finished_run
+    other = tiny_config(
+        tiny_embedded_root, "train.epochs=2", "train.log_iteration_loss=true", "train.lr=0.5"
+    )
+    with pytest.raises(MlicError, match="train.lr"):
+        fit(other, run_dir, resume=True, progress=False)
+
+
+def test_second_writer_is_refused(tiny_embedded_root, tmp_path):
+    cfg = tiny_config(tiny_embedded_root, "train.epochs=1")
+    with run_lock(tmp_path), pytest.raises(MlicError, match="another process"):
+        fit(cfg, tmp_path, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tiny_embedded_root, tmp_path, monkeypatch
+):
+    import mlic.engine as engine
+
+    real_loss = engine.AsymmetricLoss
+    calls = {"n": 0}
+
+    class Diverges(real_loss):
+        def forward(self, *args, **kwargs):
+            calls["n"] += 1
+            loss = super().forward(*args, **kwargs)
+            return loss * float("nan") if calls["n"] > 6 else loss
+
+    monkeypatch.setattr(engine, "AsymmetricLoss", Diverges)
+    cfg = tiny_config(tiny_embedded_root, "train.epochs=2")
+    with pytest.raises(NonFiniteLoss, match="epoch 2"):
+        fit(cfg, tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_evaluate_checkpoint_reproduces_the_run(finished_run):
+    _, run_dir, metrics = finished_run
+    again = evaluate_checkpoint(run_dir, device="cpu")
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert again["num_images"] == metrics["num_images"]
+    assert again["map"] == pytest.approx(best["map"], abs=1e-9)
+
+
+def test_bad_checkpoints_are_refused(finished_run, tmp_path):
+    _, run_dir, _ = finished_run
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        evaluate_checkpoint(junk)
+    with pytest.raises(CheckpointError, match="no such"):
+        evaluate_checkpoint(tmp_path / "missing.pt")
+
+    # A checkpoint whose weights belong to another architecture.
+    state = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    state["config"]["model"]["d_model"] = 64
+    state["config"]["model"]["dim_feedforward"] = 128
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(CheckpointError, match="architecture|do not fit"):
+        evaluate_checkpoint(other)
+
+    # A pickle that is not weights-only is refused by torch.load(weights_only=True).
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "mlic-checkpoint-1", "x": object()}, evil)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        evaluate_checkpoint(evil)
+
+
+def test_shard_sampler_covers_every_index_once():
+    n, world = 10, 3
+    seen = sorted(i for r in range(world) for i in ShardSampler(n, r, world))
+    assert seen == list(range(n))
+    indices = torch.tensor([4, 0, 2, 1, 3])
+    values = indices.float() * 10
+    (ordered,) = gather_by_index(indices, [values], DistInfo())
+    assert ordered.tolist() == [0.0, 10.0, 20.0, 30.0, 40.0]
+    with pytest.raises(RuntimeError, match="lost or repeated"):
+        gather_by_index(torch.tensor([0, 0, 2]), [values[:3]], DistInfo())
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "mlic", *args], capture_output=True, text=True, cwd=tmp_path
+        )
+
+    bad_key = run("train", "--set", "train.epoch=1", "--run-dir", str(tmp_path / "r"))
+    assert bad_key.returncode == 2
+    assert bad_key.stderr.strip().count("\n") == 0 and "train.epoch" in bad_key.stderr
+    assert "Traceback" not in bad_key.stderr
+    bad_type = run("train", "--set", "train.epochs=many")
+    assert bad_type.returncode == 2 and "train.epochs" in bad_type.stderr
+    missing = run("evaluate", str(tmp_path / "nothing.pt"))
+    assert missing.returncode == 2 and "nothing.pt" in missing.stderr
+    presets = run("presets")
+    assert presets.returncode == 0 and "paper-coco-448" in presets.stdout
