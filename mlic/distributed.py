@@ -94,3 +94,16 @@ def gather_by_index(
     if not torch.equal(indices[order], torch.arange(len(indices))):
         raise RuntimeError("distributed evaluation lost or repeated images")
     return [t[order] for t in tensors]
+
+
+def sync_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics) before evaluating.
+
+    DDP broadcasts buffers at the start of each training forward, so after the last step each
+    rank holds statistics updated by its own batch; evaluating shards with different BN
+    statistics (and saving rank 0's) would make the mAP depend on the number of GPUs.
+    """
+    if not info.enabled:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)

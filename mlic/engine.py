@@ -36,6 +36,7 @@ from mlic.distributed import (
     all_reduce_sum,
     gather_by_index,
     init_distributed,
+    sync_buffers,
 )
 from mlic.errors import CheckpointError, MlicError
 from mlic.losses import AsymmetricLoss
@@ -489,6 +490,8 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
             scaler=scaler,
             progress=progress,
         )
+        sync_buffers(model, rt.dist)
+        sync_buffers(ema.module, rt.dist)
         results = {
             "model": evaluate(model, val_set, cfg, rt),
             "ema": evaluate(ema.module, val_set, cfg, rt),

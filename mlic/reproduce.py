@@ -1,0 +1,183 @@
+"""`mlic reproduce`: run the training notebook once per configuration of the plan (papermill),
+then build the tables and figures from the run records.
+
+papermill fails quietly in three ways (CONVENTIONS.md); each is guarded here: unknown
+parameter names are refused, parameters are passed as built-in types only, and a notebook
+without exactly one `parameters` cell is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlic.config import load_config
+from mlic.errors import MlicError
+from mlic.plan import PlannedRun, runs
+from mlic.runrecord import read_metrics
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO_ROOT / "notebooks"
+TRAIN_NOTEBOOK = NOTEBOOKS / "train.ipynb"
+REPORT_NOTEBOOKS = ("tables.ipynb", "figures.ipynb")
+KERNEL = "python3"
+
+
+def run_overrides(
+    run: PlannedRun, family: str, data_root: str | None, extra: Sequence[str]
+) -> list[str]:
+    """The planned run's overrides as `key=value` strings, then the data root, then the user's."""
+    overrides = [f"{k}={_yaml_value(v)}" for k, v in run.overrides.items()]
+    if data_root:
+        dataset = run.overrides.get("data.dataset") or load_config(run.preset).data.dataset
+        overrides.append(f"data.root={Path(data_root) / dataset}")
+    elif family == "paper":
+        raise MlicError("the paper runs need --data-root DIR (holding coco/ and voc/VOC2007/)")
+    overrides.append(f"name={run.name}")
+    return overrides + list(extra)
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+
+
+def is_complete(run_dir: Path, preset: str, overrides: list[str]) -> bool:
+    """A run is skipped only when its record is complete and was made by the same config."""
+    if read_metrics(run_dir) is None or not (run_dir / "config.yaml").is_file():
+        return False
+    wanted = load_config(preset, overrides).to_dict()
+    return yaml.safe_load((run_dir / "config.yaml").read_text()) == wanted
+
+
+def check_parameters(notebook: Path, names: set[str]) -> None:
+    """Refuse a notebook with no (or several) `parameters` cells, and unknown parameter names."""
+    import nbformat
+    import papermill
+
+    nb = nbformat.read(notebook, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise MlicError(f"{notebook}: needs exactly one cell tagged 'parameters', has {len(tagged)}")
+    known = set(papermill.inspect_notebook(str(notebook)))
+    unknown = sorted(names - known)
+    if unknown:
+        raise MlicError(f"{notebook}: unknown parameter(s) {', '.join(unknown)}")
+
+
+def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], label: str) -> None:
+    """Execute with papermill in the repository root; a failure names the run and the cell."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    check_parameters(notebook, set(parameters))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            kernel_name=KERNEL,
+            cwd=str(REPO_ROOT),
+            progress_bar=False,
+        )
+    except PapermillExecutionError as exc:
+        raise MlicError(
+            f"{label}: {notebook.name} failed in cell {exc.exec_count} "
+            f"({exc.ename}: {exc.evalue.strip().splitlines()[0] if exc.evalue.strip() else ''}); "
+            f"the executed notebook is kept at {output}"
+        ) from None
+
+
+def train_one(run_name: str, preset: str, overrides: list[str], results: Path) -> None:
+    """One planned run through the training notebook (also the entry point of GPU workers)."""
+    run_dir = results / "runs" / run_name
+    execute_notebook(
+        TRAIN_NOTEBOOK,
+        results / "executed" / f"train-{run_name}.ipynb",
+        {"preset": preset, "overrides": list(overrides), "run_dir": str(run_dir.resolve())},
+        label=f"run {run_name}",
+    )
+
+
+def reproduce(
+    family: str = "embedded",
+    results: Path = Path("results"),
+    data_root: str | None = None,
+    only: Sequence[str] | None = None,
+    seeds: int = 1,
+    overrides: Sequence[str] = (),
+    gpus: int | None = None,
+) -> dict[str, Any]:
+    """Train what is missing, then rebuild tables and figures; returns the report's paths."""
+    results = Path(results).resolve()
+    plan = runs(family, seeds=seeds, only=list(only) if only else None)
+    todo = []
+    for run in plan:
+        ovr = run_overrides(run, family, data_root, overrides)
+        if is_complete(results / "runs" / run.name, run.preset, ovr):
+            print(f"[skip] {run.name}: complete run record with the same configuration", flush=True)
+        else:
+            todo.append((run, ovr))
+    start = time.perf_counter()
+    workers = max(1, gpus or 1)
+    if workers == 1:
+        for i, (run, ovr) in enumerate(todo, 1):
+            _announce(i, len(todo), run, start)
+            train_one(run.name, run.preset, ovr, results)
+    else:
+        _train_on_gpus(todo, results, workers, start)
+    print(f"trained {len(todo)} run(s) in {time.perf_counter() - start:.0f} s", flush=True)
+    return build_outputs(results, family)
+
+
+def _announce(i: int, n: int, run: PlannedRun, start: float) -> None:
+    elapsed = time.perf_counter() - start
+    print(f"[{i}/{n}] {run.name} ({elapsed:.0f} s elapsed)", flush=True)
+
+
+def _train_on_gpus(todo: list, results: Path, gpus: int, start: float) -> None:
+    """Independent runs on different GPUs: one worker process per GPU at a time."""
+
+    def work(slot_and_item):
+        slot, (i, (run, ovr)) = slot_and_item
+        _announce(i, len(todo), run, start)
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(slot)}
+        code = (
+            "from pathlib import Path; from mlic.reproduce import train_one; "
+            f"train_one({run.name!r}, {run.preset!r}, {ovr!r}, Path({str(results)!r}))"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise MlicError(f"run {run.name} failed on GPU {slot}: {last}")
+
+    items = list(enumerate(todo, 1))
+    with ThreadPoolExecutor(max_workers=gpus) as pool:
+        # round-robin GPU slots; each slot runs its runs one after another
+        slots = [[(s, it) for it in items[s::gpus]] for s in range(gpus)]
+        futures = [pool.submit(lambda batch: [work(x) for x in batch], b) for b in slots]
+        for f in futures:
+            f.result()
+
+
+def build_outputs(results: Path, family: str) -> dict[str, Any]:
+    """Tables and figures via their notebooks (executed copies kept in results/executed/)."""
+    for name in REPORT_NOTEBOOKS:
+        execute_notebook(
+            NOTEBOOKS / name,
+            results / "executed" / name,
+            {"results": str(results), "family": family, "out_dir": str(results)},
+            label=f"report {name}",
+        )
+    from mlic.report import build_report
+
+    # Cheap, deterministic and identical to what the notebooks wrote: returns the paths.
+    return build_report(results / "runs", results, family=family)

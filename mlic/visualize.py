@@ -1,0 +1,110 @@
+"""Pictures for the notebooks: a run's curves, shapes through the model, images with their
+labels, and where a class query's cross-attention looks. Logic only; the notebooks show it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from torch import nn
+
+
+def plot_history(history: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Training loss (ASL per sample) and validation mAP (%) of the model and its EMA, by epoch."""
+    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(9, 3.2))
+    sns.lineplot(data=history, x="epoch", y="train_loss", marker="o", ax=ax_loss)
+    ax_loss.set(ylabel="training loss (ASL per sample)", title="loss")
+    long = history.melt("epoch", ["map", "map_ema"], var_name="weights", value_name="mAP")
+    long["weights"] = long["weights"].map({"map": "model", "map_ema": "EMA"})
+    sns.lineplot(data=long, x="epoch", y="mAP", hue="weights", marker="o", ax=ax_map)
+    ax_map.set(ylabel="validation mAP (%)", title="mAP")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def trace_shapes(model: nn.Module, images: torch.Tensor) -> pd.DataFrame:
+    """The output shape of each top-level stage for one forward pass, in order of execution."""
+    rows: list[dict[str, str]] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if name.count(".") > 1 or not name:
+            continue
+
+        def hook(mod, inputs, output, name=name):
+            if isinstance(output, torch.Tensor):
+                rows.append({"module": name, "type": type(mod).__name__, "output": str(list(output.shape))})
+
+        hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            logits = model(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows.append({"module": "(logits)", "type": "", "output": str(list(logits.shape))})
+    return pd.DataFrame(rows)
+
+
+def to_display(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """[3, H, W] normalised tensor -> [H, W, 3] float image in [0, 1]."""
+    mean_t = torch.tensor(mean).view(3, 1, 1)
+    std_t = torch.tensor(std).view(3, 1, 1)
+    return (image.cpu() * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def show_predictions(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    scores: torch.Tensor,
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    threshold: float = 0.5,
+) -> plt.Figure:
+    """Each image with its true labels and the labels scored above the threshold."""
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.4), squeeze=False)
+    for ax, image, target, score in zip(axes[0], images, targets, scores, strict=True):
+        ax.imshow(to_display(image, mean, std))
+        truth = [class_names[k] for k in torch.nonzero(target > 0.5).flatten().tolist()]
+        pred = [
+            f"{class_names[k]} {score[k]:.2f}"
+            for k in torch.argsort(score, descending=True).tolist()
+            if score[k] >= threshold
+        ]
+        ax.set_title("true: " + ", ".join(truth) + "\npred: " + ", ".join(pred), fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def show_cross_attention(
+    image: torch.Tensor,
+    attention: torch.Tensor,
+    class_indices: Sequence[int],
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> plt.Figure:
+    """The decoder's cross-attention of chosen class queries ([K, h, w]), upsampled over the image."""
+    shown = to_display(image, mean, std)
+    size = shown.shape[:2]
+    fig, axes = plt.subplots(1, len(class_indices) + 1, figsize=(2.6 * (len(class_indices) + 1), 2.8))
+    axes[0].imshow(shown)
+    axes[0].set_title("image", fontsize=8)
+    for ax, k in zip(axes[1:], class_indices, strict=True):
+        heat = torch.nn.functional.interpolate(
+            attention[k][None, None].float(), size=size, mode="bilinear", align_corners=False
+        )[0, 0]
+        ax.imshow(shown)
+        ax.imshow(heat.numpy(), cmap="magma", alpha=0.55)
+        ax.set_title(f"query: {class_names[k]}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
