@@ -205,8 +205,10 @@ def _cmd_report(args) -> None:
     from mlic.report import build_report
 
     out = build_report(Path(args.results) / "runs", Path(args.results), family=args.preset)
-    for kind in ("tables", "figures"):
-        for path in out.get(kind, []):
+    for paths in out["tables"].values():
+        for path in paths:
             print(path)
-    for name in out.get("missing", []):
-        print(f"missing run record: {name}", file=sys.stderr)
+    for path in out["figures"].values():
+        print(path)
+    for name, reason in sorted(out["missing"].items()):
+        print(f"missing run record: {name} ({reason})", file=sys.stderr)

@@ -65,7 +65,9 @@ def check_parameters(notebook: Path, names: set[str]) -> None:
     nb = nbformat.read(notebook, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(tagged) != 1:
-        raise MlicError(f"{notebook}: needs exactly one cell tagged 'parameters', has {len(tagged)}")
+        raise MlicError(
+            f"{notebook}: needs exactly one cell tagged 'parameters', has {len(tagged)}"
+        )
     known = set(papermill.inspect_notebook(str(notebook)))
     unknown = sorted(names - known)
     if unknown:

@@ -37,7 +37,9 @@ def trace_shapes(model: nn.Module, images: torch.Tensor) -> pd.DataFrame:
 
         def hook(mod, inputs, output, name=name):
             if isinstance(output, torch.Tensor):
-                rows.append({"module": name, "type": type(mod).__name__, "output": str(list(output.shape))})
+                rows.append(
+                    {"module": name, "type": type(mod).__name__, "output": str(list(output.shape))}
+                )
 
         hooks.append(module.register_forward_hook(hook))
     try:
@@ -94,7 +96,9 @@ def show_cross_attention(
     """The decoder's cross-attention of chosen class queries ([K, h, w]), upsampled over the image."""
     shown = to_display(image, mean, std)
     size = shown.shape[:2]
-    fig, axes = plt.subplots(1, len(class_indices) + 1, figsize=(2.6 * (len(class_indices) + 1), 2.8))
+    fig, axes = plt.subplots(
+        1, len(class_indices) + 1, figsize=(2.6 * (len(class_indices) + 1), 2.8)
+    )
     axes[0].imshow(shown)
     axes[0].set_title("image", fontsize=8)
     for ax, k in zip(axes[1:], class_indices, strict=True):

@@ -69,10 +69,10 @@ def cutmix(
         return images, targets  # lam rounded to 1: nothing pasted, nothing to mix
     lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)  # the kept fraction, after clipping
 
-    donor_images = images.roll(1, dims=0)  # image i receives from image i-1
-    donor_targets = targets.roll(1, dims=0)
+    donor_targets = targets.roll(1, dims=0)  # image i receives from image i-1
     mixed = images.clone()
-    mixed[:, :, y0:y1, x0:x1] = donor_images[:, :, y0:y1, x0:x1]
+    # Roll only the pasted box, not the whole batch: half the memory traffic on a GPU batch.
+    mixed[:, :, y0:y1, x0:x1] = images[:, :, y0:y1, x0:x1].roll(1, dims=0)
     if mode == "area":
         mixed_targets = lam * targets + (1.0 - lam) * donor_targets
     else:

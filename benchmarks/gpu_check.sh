@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The one prepared GPU check of issue 6: the training-step matrix at paper size, evaluation speed
+# at 448 and 576 px, and a compiled `mlic train` smoke run; every table lands in $OUT.
+#
+# Run it from a session that is lent a device machine (device tool), from the repository root:
+#
+#   1. Here, once (wheels for the device's Python 3.12; pycocotools is a C extension):
+#        echo /.whl/ >> .git/info/exclude
+#        .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#          --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#          --platform manylinux2014_x86_64 -d .whl pycocotools==2.0.11 defusedxml==0.7.1 timm==1.0.31
+#   2. run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
+#      then give_back. The reply's files are train_step.{md,csv}, evaluate_speed.{md,csv},
+#      smoke_history.csv, smoke_metrics.json and gpu_check.log (everything printed).
+#
+# It takes about 6 minutes on one H100 and at most ~9.5 (each step has its own `timeout`, and the
+# matrix skips what would start after its time budget; its table is rewritten after every row).
+#
+# What it assumes of the device image 'cuda' (/work/.library/device/KINDS.md): `python3` with
+# torch (CUDA), torchvision, numpy, pyyaml, pillow, tqdm and timm; no network. It installs only the
+# carried wheels, into /tmp/site. Without them it still runs the benchmarks: timm must then be
+# recent enough for `AsymmetricLossMultiLabel(reduction=...)` (checked first), and pycocotools /
+# defusedxml, which `mlic.engine` imports through the data layer but a benchmark never uses, are
+# replaced by stubs that raise if called; the `mlic train` smoke is then skipped.
+#
+# Outside the device tool, OUT defaults to results/gpu_check (e.g. `bash benchmarks/gpu_check.sh`
+# on any CUDA machine with the project's environment). `DRY_RUN=1 PYTHON=.venv/bin/python bash
+# benchmarks/gpu_check.sh` checks the script itself on a CPU in a minute (tiny model, no GPU).
+
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-results/gpu_check}"
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+started=$SECONDS
+failures=()
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, record a failure, go on
+    local name=$1 limit=$2
+    shift 2
+    echo
+    echo "=== $name (limit ${limit} s, at $((SECONDS - started)) s): $*"
+    timeout --kill-after=15 "$limit" "$@"
+    local rc=$?
+    echo "=== $name: exit $rc after $((SECONDS - started)) s"
+    [ "$rc" -eq 0 ] || failures+=("$name (exit $rc)")
+}
+
+echo "=== environment"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+"$PY" - <<'EOF'
+import sys, torch, torchvision, timm
+gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, torchvision "
+      f"{torchvision.__version__}, timm {timm.__version__}, cuda {torch.version.cuda}, "
+      f"cudnn {torch.backends.cudnn.version()}, {gpu}")
+EOF
+if ! "$PY" -c "from timm.loss import AsymmetricLossMultiLabel as A; A(reduction='none')"; then
+    echo "gpu_check: this timm lacks AsymmetricLossMultiLabel(reduction=...); carry .whl with timm==1.0.31 (see the header)"
+    exit 2
+fi
+smoke=1
+if ! "$PY" -c "import pycocotools.coco, defusedxml.ElementTree" 2>/dev/null; then
+    smoke=0
+    stubs=/tmp/mlic-stubs
+    mkdir -p "$stubs/pycocotools" "$stubs/defusedxml"
+    : >"$stubs/pycocotools/__init__.py"
+    printf 'class COCO:\n    def __init__(self, *a, **k):\n        raise ImportError("pycocotools is not installed (stub of benchmarks/gpu_check.sh)")\n' \
+        >"$stubs/pycocotools/coco.py"
+    printf 'class DefusedXmlException(ValueError):\n    pass\n' >"$stubs/defusedxml/__init__.py"
+    printf 'def __getattr__(name):\n    if name.startswith("__"):\n        raise AttributeError(name)\n    raise ImportError("defusedxml is not installed (stub of benchmarks/gpu_check.sh)")\n' \
+        >"$stubs/defusedxml/ElementTree.py"
+    export PYTHONPATH="$PYTHONPATH:$stubs"
+    echo "gpu_check: pycocotools/defusedxml missing: stubs for the benchmarks, no mlic train smoke"
+fi
+
+if [ "${DRY_RUN:-0}" = 1 ]; then  # check this script's plumbing on a CPU: tiny model, few steps
+    tiny=(--preset embedded --set model.backbone=resnet10t model.d_model=32
+        model.dim_feedforward=64 --batch-size 4 --steps 2 --warmup 1 --device cpu)
+    train_args=("${tiny[@]}" --image-size 32)
+    eval_args=("${tiny[@]}" --image-sizes 32 64)
+    smoke_set=(train.device=cpu data.max_train_images=64 data.max_val_images=32)
+else
+    train_args=(--steps 30 --warmup 10 --time-budget 210)
+    eval_args=(--image-sizes 448 576)
+    smoke_set=(train.device=cuda train.compile=true data.num_workers=8)
+fi
+
+# 1. Training step at 448 px, batch 64: reference, bf16, + channels_last, + fused AdamW,
+#    transformer head, batch 32 and 128, + torch.compile (last: the slowest to build).
+step train_step 300 "$PY" benchmarks/train_step.py --matrix "${train_args[@]}" --out "$OUT"
+
+# 2. Evaluation (`mlic evaluate`'s loop body) at the paper's two sizes, batch 128, bf16.
+step evaluate_speed 100 "$PY" benchmarks/evaluate_speed.py "${eval_args[@]}" --out "$OUT"
+
+# 3. The engine end to end on the GPU with torch.compile (embedded dataset, generated in /tmp).
+if [ "$smoke" -eq 1 ]; then
+    rm -rf /tmp/mlic-smoke
+    step train_smoke 130 "$PY" -m mlic train --preset embedded --set train.epochs=1 \
+        data.embedded_root=/tmp/mlic-embedded "${smoke_set[@]}" --run-dir /tmp/mlic-smoke
+    cp /tmp/mlic-smoke/history.csv "$OUT/smoke_history.csv" 2>/dev/null || true
+    cp /tmp/mlic-smoke/metrics.json "$OUT/smoke_metrics.json" 2>/dev/null || true
+else
+    echo "=== train_smoke: skipped (no pycocotools/defusedxml; carry .whl, see the header)"
+    failures+=("train_smoke (skipped)")
+fi
+
+echo
+for table in "$OUT/train_step.md" "$OUT/evaluate_speed.md"; do
+    [ -f "$table" ] && cat "$table" && echo
+done
+echo "=== gpu_check: $((SECONDS - started)) s"
+if [ "${#failures[@]}" -gt 0 ]; then
+    echo "=== gpu_check: not clean: ${failures[*]}"
+    exit 1
+fi
+echo "=== gpu_check: all steps passed"
