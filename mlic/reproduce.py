@@ -9,6 +9,7 @@ without exactly one `parameters` cell is refused before anything runs.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +56,13 @@ def is_complete(run_dir: Path, preset: str, overrides: list[str]) -> bool:
         return False
     wanted = load_config(preset, overrides).to_dict()
     return yaml.safe_load((run_dir / "config.yaml").read_text()) == wanted
+
+
+def _is_stale(run_dir: Path, preset: str, overrides: list[str]) -> bool:
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return False
+    return yaml.safe_load(config.read_text()) != load_config(preset, overrides).to_dict()
 
 
 def check_parameters(notebook: Path, names: set[str]) -> None:
@@ -124,10 +132,15 @@ def reproduce(
     todo = []
     for run in plan:
         ovr = run_overrides(run, family, data_root, overrides)
-        if is_complete(results / "runs" / run.name, run.preset, ovr):
+        run_dir = results / "runs" / run.name
+        if is_complete(run_dir, run.preset, ovr):
             print(f"[skip] {run.name}: complete run record with the same configuration", flush=True)
-        else:
-            todo.append((run, ovr))
+            continue
+        if _is_stale(run_dir, run.preset, ovr):
+            # A record of another configuration (the plan or the preset changed): retrain.
+            print(f"[redo] {run.name}: its record was made with another configuration", flush=True)
+            shutil.rmtree(run_dir)
+        todo.append((run, ovr))
     start = time.perf_counter()
     workers = max(1, gpus or 1)
     if workers == 1:
