@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="rebuild tables and figures from the run records alone")
     s.add_argument("--results", default="results", help="default: %(default)s")
     s.add_argument("--preset", choices=["embedded", "paper"], default="embedded")
+    s.add_argument("--readme", help="also write the tables and figures into this README")
     s.set_defaults(func=_cmd_report)
     return p
 
@@ -202,9 +203,11 @@ def _cmd_reproduce(args) -> None:
 
 
 def _cmd_report(args) -> None:
-    from mlic.report import build_report
+    from mlic.report import build_report, update_readme
 
     out = build_report(Path(args.results) / "runs", Path(args.results), family=args.preset)
+    if args.readme:
+        update_readme(Path(args.readme), Path(args.results))
     for paths in out["tables"].values():
         for path in paths:
             print(path)

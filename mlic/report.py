@@ -711,3 +711,28 @@ def build_report(runs_dir: Path, out_dir: Path, family: str = "embedded") -> dic
         "missing": dict(sorted(collected.missing.items())),
         "skipped": dict(sorted(collected.skipped.items())),
     }
+
+
+README_BEGIN = "<!-- results:begin (written by `mlic report --readme README.md`) -->"
+README_END = "<!-- results:end -->"
+
+
+def update_readme(readme: Path, out_dir: Path) -> None:
+    """Put the built tables and figures between the README's results markers, so the README
+    shows exactly what `results/` holds (a test checks they agree)."""
+    text = Path(readme).read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise DataError(f"{readme}: no results markers ({README_BEGIN} ... {README_END})")
+    parts = []
+    for name in ("table1", "table2", "table3", "table4"):
+        parts.append((Path(out_dir) / "tables" / f"{name}.md").read_text().strip())
+    for name, caption in (
+        ("figure5_loss", "Figure 5. Training loss of ours by epoch"),
+        ("figure6_map", "Figure 6. Validation mAP of ours by epoch, model and EMA"),
+    ):
+        rel = (Path(out_dir) / "figures" / f"{name}.png").relative_to(Path(readme).parent)
+        parts.append(f"![{caption}]({rel.as_posix()})")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    block = "\n\n".join(parts)
+    _write(Path(readme), f"{head}{README_BEGIN}\n\n{block}\n\n{README_END}{tail}")

@@ -192,7 +192,10 @@ def build_outputs(results: Path, family: str) -> dict[str, Any]:
             {"results": str(results), "family": family, "out_dir": str(results)},
             label=f"report {name}",
         )
-    from mlic.report import build_report
+    from mlic.report import build_report, update_readme
 
     # Cheap, deterministic and identical to what the notebooks wrote: returns the paths.
-    return build_report(results / "runs", results, family=family)
+    out = build_report(results / "runs", results, family=family)
+    if family == "embedded" and results == (REPO_ROOT / "results").resolve():
+        update_readme(REPO_ROOT / "README.md", results)  # the README shows what results/ holds
+    return out
