@@ -184,7 +184,8 @@ def _train_on_gpus(todo: list, results: Path, gpus: int, start: float) -> None:
 
 
 def build_outputs(results: Path, family: str) -> dict[str, Any]:
-    """Tables and figures via their notebooks (executed copies kept in results/executed/)."""
+    """Tables, figures and the walkthrough via their notebooks (executed copies kept in
+    results/executed/)."""
     for name in REPORT_NOTEBOOKS:
         execute_notebook(
             NOTEBOOKS / name,
@@ -192,6 +193,13 @@ def build_outputs(results: Path, family: str) -> dict[str, Any]:
             {"results": str(results), "family": family, "out_dir": str(results)},
             label=f"report {name}",
         )
+    # The walkthrough with the trained model of the plan (its best checkpoint, when on disk).
+    execute_notebook(
+        NOTEBOOKS / "walkthrough.ipynb",
+        results / "executed" / "walkthrough.ipynb",
+        {"run_dir": str(results / "runs" / "coco448-resnest-dual")},
+        label="walkthrough",
+    )
     from mlic.report import build_report, update_readme
 
     # Cheap, deterministic and identical to what the notebooks wrote: returns the paths.
