@@ -49,19 +49,21 @@ def check_architecture(path: Path, saved: dict[str, Any], expected: dict[str, An
             )
 
 
-def load_weights(path: Path, module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+def load_weights(
+    path: Path, module: torch.nn.Module, weights: dict[str, torch.Tensor], what: str = "the model"
+) -> None:
     """Strict load; a mismatch is a one-line CheckpointError rather than PyTorch's wall of keys."""
     try:
         result = module.load_state_dict(weights, strict=False)
     except RuntimeError as exc:  # shape mismatches are raised even with strict=False
         detail = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
-        raise CheckpointError(f"{path}: weights do not fit the model: {detail}") from None
+        raise CheckpointError(f"{path}: weights do not fit {what}: {detail}") from None
     problems = []
     if result.missing_keys:
-        problems.append(f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[0]})")
+        problems.append(f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[0]})")
     if result.unexpected_keys:
         problems.append(
-            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})"
+            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[0]})"
         )
     if problems:
-        raise CheckpointError(f"{path}: weights do not fit the model: {'; '.join(problems)}")
+        raise CheckpointError(f"{path}: weights do not fit {what}: {'; '.join(problems)}")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain bars: notebooks turn them off (not a terminal)
 
 from mlic.checkpoint import check_architecture, load_checkpoint, load_weights, save_checkpoint
 from mlic.config import Config, from_dict

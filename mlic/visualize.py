@@ -66,20 +66,18 @@ def show_predictions(
     class_names: Sequence[str],
     mean: Sequence[float],
     std: Sequence[float],
-    threshold: float = 0.5,
+    top: int = 3,
 ) -> plt.Figure:
-    """Each image with its true labels and the labels scored above the threshold."""
+    """Each image with its true labels and its `top` highest-scored labels with their scores."""
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.4), squeeze=False)
     for ax, image, target, score in zip(axes[0], images, targets, scores, strict=True):
         ax.imshow(to_display(image, mean, std))
         truth = [class_names[k] for k in torch.nonzero(target > 0.5).flatten().tolist()]
-        pred = [
-            f"{class_names[k]} {score[k]:.2f}"
-            for k in torch.argsort(score, descending=True).tolist()
-            if score[k] >= threshold
-        ]
-        ax.set_title("true: " + ", ".join(truth) + "\npred: " + ", ".join(pred), fontsize=7)
+        best = torch.argsort(score, descending=True)[:top].tolist()
+        pred = [f"{class_names[k]} {score[k]:.2f}" for k in best]
+        title = "true:\n" + "\n".join(truth) + "\n\ntop scores:\n" + "\n".join(pred)
+        ax.set_title(title, fontsize=7, loc="left")
         ax.axis("off")
     fig.tight_layout()
     return fig

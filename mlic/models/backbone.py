@@ -15,6 +15,7 @@ from timm.layers import SplitAttn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mlic.checkpoint import load_weights
 from mlic.errors import CheckpointError, ConfigError, MlicError
 
 
@@ -80,22 +81,8 @@ def load_backbone_weights(model: nn.Module, path: Path) -> None:
         for key in (f"{head_name}.weight", f"{head_name}.bias"):
             if key not in own:
                 state.pop(key, None)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches raise even when not strict
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else _first_line(exc)
-        raise CheckpointError(f"{path}: weights do not fit backbone: {detail}") from None
-    problems = []
-    if result.missing_keys:
-        problems.append(f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[0]})")
-    if result.unexpected_keys:
-        problems.append(
-            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[0]})"
-        )
-    if problems:
-        arch = model.pretrained_cfg.get("architecture", type(model).__name__)
-        raise CheckpointError(f"{path}: not weights of backbone {arch}: {'; '.join(problems)}")
+    arch = model.pretrained_cfg.get("architecture", type(model).__name__)
+    load_weights(path, model, state, what=f"backbone {arch}")
 
 
 def pooled_batch_norms(model: nn.Module) -> tuple[nn.Module, ...]:

@@ -1,0 +1,74 @@
+"""The reproduce runner: papermill's quiet failure modes are refused, failures name the cell,
+and a run is skipped only when its record is complete and made by the same configuration."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+import yaml
+
+from mlic.config import load_config
+from mlic.errors import MlicError
+from mlic.plan import runs
+from mlic.reproduce import check_parameters, execute_notebook, is_complete, run_overrides
+
+
+def _notebook(path, parameters_source: str | None, body: str):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if parameters_source is not None:
+        cell = nbformat.v4.new_code_cell(parameters_source)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells.append(cell)
+    nb.cells.append(nbformat.v4.new_code_cell(body))
+    nbformat.write(nb, path)
+    return path
+
+
+def test_unknown_parameters_and_missing_tag_are_refused(tmp_path):
+    nb = _notebook(tmp_path / "a.ipynb", "epochs = 1", "print(epochs)")
+    check_parameters(nb, {"epochs"})
+    with pytest.raises(MlicError, match="unknown parameter.*epoch\\b"):
+        check_parameters(nb, {"epoch"})
+    untagged = _notebook(tmp_path / "b.ipynb", None, "epochs = 1")
+    with pytest.raises(MlicError, match="exactly one cell tagged 'parameters'"):
+        check_parameters(untagged, {"epochs"})
+
+
+def test_a_failing_notebook_names_the_run_and_the_cell_and_is_kept(tmp_path):
+    nb = _notebook(tmp_path / "c.ipynb", "value = 1", "raise ValueError(f'bad value {value}')")
+    out = tmp_path / "out" / "c.ipynb"
+    with pytest.raises(MlicError) as info:
+        execute_notebook(nb, out, {"value": 7}, label="run demo")
+    message = str(info.value)
+    assert "run demo" in message and "c.ipynb" in message and "cell" in message
+    assert "bad value 7" in message and str(out) in message
+    assert out.is_file()  # kept for reading
+
+
+def test_a_run_is_skipped_only_with_a_complete_record_of_the_same_config(tmp_path):
+    run = next(r for r in runs("embedded") if r.name == "coco448-resnest-dual")
+    overrides = run_overrides(run, "embedded", None, ["train.epochs=1"])
+    cfg = load_config(run.preset, overrides)
+    run_dir = tmp_path / run.name
+    run_dir.mkdir()
+    assert not is_complete(run_dir, run.preset, overrides)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    (run_dir / "metrics.json").write_text(json.dumps({"map": 1.0, "complete": False}))
+    assert not is_complete(run_dir, run.preset, overrides)  # the run did not finish
+    (run_dir / "metrics.json").write_text(json.dumps({"map": 1.0, "complete": True}))
+    assert is_complete(run_dir, run.preset, overrides)
+    changed = yaml.safe_load(cfg.to_yaml())
+    changed["train"]["epochs"] = 2
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(changed))
+    assert not is_complete(run_dir, run.preset, overrides)  # made by another configuration
+
+
+def test_the_paper_family_needs_a_data_root():
+    run = runs("paper")[0]
+    with pytest.raises(MlicError, match="--data-root"):
+        run_overrides(run, "paper", None, [])
+    overrides = run_overrides(run, "paper", "/data", [])
+    assert load_config(run.preset, overrides).data.root == "/data/coco"
