@@ -49,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mlic.config import Config, load_config
 from mlic.distributed import DistInfo
-from mlic.engine import Runtime, build_ema, make_runtime, param_groups
+from mlic.engine import Runtime, build_ema, make_runtime, param_groups, training_step
 from mlic.errors import MlicError
 from mlic.losses import AsymmetricLoss
 from mlic.models import build_model_from_config
@@ -409,20 +409,10 @@ def engine_step(
     def step() -> Tensor:
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
-        with rt.autocast():
-            logits = train_model(images)  # [B, K] or [2B, K] (dual head in training)
-        streams = logits.shape[0] // targets.shape[0]
-        loss = loss_fn(logits.float(), targets.repeat(streams, 1))
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        # The engine's own step (forward, ASL on both streams, backward, AdamW), then its EMA.
+        loss = training_step(train_model, loss_fn, optimizer, images, targets, rt, scaler=scaler)
         ema.update(model)
-        return loss.detach()
+        return loss
 
     return step
 

@@ -80,14 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--only", action="append", help="table1..table4 or figures (repeatable)")
     s.add_argument("--seeds", type=int, default=1, help="seeds per configuration")
     s.add_argument("--results", default="results", help="default: %(default)s")
-    s.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="overrides applied to every run (e.g. train.epochs=1)",
-    )
+    _add_overrides(s, "overrides applied to every run (e.g. train.epochs=1)")
     s.add_argument(
         "--gpus", type=int, default=None, help="run independent configurations on N GPUs"
     )
@@ -104,15 +97,14 @@ def _parser() -> argparse.ArgumentParser:
 def _add_config_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--preset", default="embedded", help="see `mlic presets` (default: %(default)s)")
     s.add_argument("--config", help="a resolved config.yaml instead of a preset")
-    s.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="overrides, e.g. model.backbone=resnet101 train.epochs=3",
-    )
+    _add_overrides(s, "overrides, e.g. model.backbone=resnet101 train.epochs=3")
     s.add_argument("--data-root", help="shorthand for --set data.root=DIR")
+
+
+def _add_overrides(s: argparse.ArgumentParser, help_text: str) -> None:
+    s.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides", help=help_text
+    )
 
 
 def _config(args):

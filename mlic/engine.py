@@ -11,6 +11,7 @@ checkpoint of epoch e is bit-identical to one that never stopped.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import sys
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm  # plain bars: notebooks turn them off (not a terminal)
 
 from mlic.checkpoint import check_architecture, load_checkpoint, load_weights, save_checkpoint
-from mlic.config import Config, from_dict
+from mlic.config import Config, from_dict, load_config
 from mlic.data import build_dataset, collate_skip_unreadable, cutmix
 from mlic.distributed import (
     DistInfo,
@@ -169,11 +170,11 @@ def _loader(dataset, batch_size: int, sampler: Sampler, cfg: Config, rt: Runtime
     )
 
 
-def _to_device(images: torch.Tensor, targets: torch.Tensor, rt: Runtime):
+def _images_to_device(images: torch.Tensor, rt: Runtime) -> torch.Tensor:
     images = images.to(rt.device, non_blocking=True)
     if rt.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return images, targets.to(rt.device, non_blocking=True)
+    return images
 
 
 # --------------------------------------------------------------------------- model & optimiser
@@ -262,7 +263,8 @@ def train_one_epoch(
             continue
         # CutMix on the device: on a GPU it is a cheap slice copy; on the host it would cost
         # ~150 ms per 64 x 448 px batch and break the pinned, non-blocking copy.
-        images, targets = _to_device(images, targets, rt)
+        images = _images_to_device(images, rt)
+        targets = targets.to(rt.device, non_blocking=True)
         if cfg.data.cutmix_prob > 0:
             images, targets = cutmix(
                 images,
@@ -272,39 +274,24 @@ def train_one_epoch(
                 mode=cfg.data.cutmix_targets,
                 generator=mix_gen,
             )
-        with rt.autocast():
-            logits = model(images)  # [B, K], or [2B, K] for the dual head in training
-        # §1.2: both streams of the dual head are supervised with the same labels.
-        streams = logits.shape[0] // targets.shape[0]
-        loss = loss_fn(logits.float(), targets.repeat(streams, 1))
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if cfg.train.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        loss = training_step(
+            model, loss_fn, optimizer, images, targets, rt, scaler=scaler,
+            grad_clip=cfg.train.grad_clip,
+        )  # fmt: skip
         scheduler.step()
         ema.update(ema_target)
 
-        detached = loss.detach()
-        loss_sum += detached
+        loss_sum += loss
         steps += 1
         seen += images.shape[0]
         if cfg.train.log_iteration_loss:
-            iteration_losses.append(detached)
+            iteration_losses.append(loss)
             iteration_lrs.append(scheduler.get_last_lr()[0])
         if steps % LOG_EVERY == 0:
-            _check_finite(detached, epoch, steps)
+            _check_finite(loss, epoch, steps)
             elapsed = time.perf_counter() - start
             bar.set_postfix(
-                loss=f"{detached.item():.3f}",
+                loss=f"{loss.item():.3f}",
                 lr=f"{scheduler.get_last_lr()[0]:.2e}",
                 img_s=f"{seen * rt.dist.world_size / elapsed:.0f}",
             )
@@ -332,6 +319,41 @@ def train_one_epoch(
         "skipped_images": int(all_reduce_sum(float(skipped), rt.dist, rt.device)),
         "iterations": iterations,
     }
+
+
+def training_step(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    rt: Runtime,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    grad_clip: float = 0.0,
+) -> torch.Tensor:
+    """Forward, ASL on every stream, backward and the optimiser step; returns the detached loss
+    without a host sync. Shared with benchmarks/train_step.py, so it times this very code."""
+    with rt.autocast():
+        logits = model(images)  # [B, K], or [2B, K] for the dual head in training
+    # §1.2: both streams of the dual head are supervised with the same labels.
+    streams = logits.shape[0] // targets.shape[0]
+    loss = loss_fn(logits.float(), targets.repeat(streams, 1))
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    if grad_clip > 0:
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients (scaler.step then skips it)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.detach()
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
@@ -364,7 +386,7 @@ def predict(
     ):
         if num_skipped:
             raise MlicError("an image of the evaluation split could not be decoded")
-        images, _ = _to_device(images, target, rt)
+        images = _images_to_device(images, rt)
         with rt.autocast():
             logits = model(images)
         scores.append(torch.sigmoid(logits.float()))  # stays on the device: no sync per batch
@@ -519,8 +541,9 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
                 write_csv(run_dir / "iterations.csv", ITERATION_COLUMNS, iterations)
             arch = dict(model.arch)
             common = {"arch": arch, "class_names": class_names, "config": cfg.to_dict()}
-            if cfg.train.save_best and epoch_map > best_map:
-                best_map = epoch_map
+            improved = epoch_map > best_map
+            best_map = max(best_map, epoch_map)
+            if cfg.train.save_best and improved:
                 weights = (ema.module if which == "ema" else model).state_dict()
                 save_checkpoint(
                     best_path,
@@ -532,7 +555,6 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
                         "model": weights,
                     },
                 )
-            best_map = max(best_map, epoch_map)
             save_checkpoint(
                 last_path,
                 {
@@ -652,33 +674,21 @@ def evaluate_checkpoint(
     else:
         ckpt_path = path
     state = load_checkpoint(ckpt_path)
-    try:
-        cfg = from_dict(state["config"], source=str(ckpt_path))
-    except KeyError:
-        raise CheckpointError(f"{ckpt_path}: checkpoint has no configuration") from None
-    # The weights come from the checkpoint: never fetch ImageNet weights to throw them away.
-    overrides: dict[str, Any] = {
-        "train.device": device,
-        "model.pretrained": False,
-        "model.pretrained_file": "",
-    }
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{ckpt_path}: checkpoint has no configuration")
+    raw = copy.deepcopy(state["config"])
+    raw["train"]["device"] = device
     if split:
-        overrides["data.val_split"] = split
+        raw["data"]["val_split"] = split
     if data_root:
-        overrides["data.root"] = data_root
+        raw["data"]["root"] = data_root
     if max_images:
-        overrides["data.max_val_images"] = max_images
-    raw = cfg.to_dict()
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        raw[section][name] = value
+        raw["data"]["max_val_images"] = max_images
     cfg = from_dict(raw, source=str(ckpt_path))
+    # A run directory's config.yaml says which architecture the checkpoint must hold.
+    model_cfg = cfg.model
     if path.is_dir() and (path / "config.yaml").is_file():
-        from mlic.config import load_config
-
-        run_cfg = load_config(path=path / "config.yaml")
-        expected = build_model_from_config(run_cfg.model, len(state["class_names"])).arch
-        check_architecture(ckpt_path, state.get("arch", {}), dict(expected))
+        model_cfg = load_config(path=path / "config.yaml").model
     rt = make_runtime(cfg)
     dataset = build_dataset(cfg.data, "val")
     if list(dataset.class_names) != list(state["class_names"]):
@@ -686,7 +696,9 @@ def evaluate_checkpoint(
             f"{ckpt_path}: the checkpoint's {len(state['class_names'])} classes differ from the "
             f"{len(dataset.class_names)} classes of {cfg.data.resolved_root()}"
         )
-    model = build_model_from_config(cfg.model, num_classes=len(state["class_names"]))
+    # The weights come from the checkpoint: never fetch ImageNet weights to throw them away.
+    model_cfg = replace(model_cfg, pretrained=False, pretrained_file="")
+    model = build_model_from_config(model_cfg, num_classes=len(state["class_names"]))
     check_architecture(ckpt_path, state.get("arch", {}), dict(model.arch))
     weights = state["model"]
     which = state.get("weights", "model")

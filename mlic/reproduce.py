@@ -50,19 +50,19 @@ def _yaml_value(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
 
 
-def is_complete(run_dir: Path, preset: str, overrides: list[str]) -> bool:
-    """A run is skipped only when its record is complete and was made by the same config."""
-    if read_metrics(run_dir) is None or not (run_dir / "config.yaml").is_file():
-        return False
-    wanted = load_config(preset, overrides).to_dict()
-    return yaml.safe_load((run_dir / "config.yaml").read_text()) == wanted
-
-
-def _is_stale(run_dir: Path, preset: str, overrides: list[str]) -> bool:
+def recorded_config_matches(run_dir: Path, preset: str, overrides: list[str]) -> bool | None:
+    """Whether the run's config.yaml equals the configuration wanted now; None without one."""
     config = run_dir / "config.yaml"
     if not config.is_file():
-        return False
-    return yaml.safe_load(config.read_text()) != load_config(preset, overrides).to_dict()
+        return None
+    return yaml.safe_load(config.read_text()) == load_config(preset, overrides).to_dict()
+
+
+def is_complete(run_dir: Path, preset: str, overrides: list[str]) -> bool:
+    """A run is skipped only when its record is complete and was made by the same config."""
+    return read_metrics(run_dir) is not None and bool(
+        recorded_config_matches(run_dir, preset, overrides)
+    )
 
 
 def check_parameters(notebook: Path, names: set[str]) -> None:
@@ -125,18 +125,19 @@ def reproduce(
     seeds: int = 1,
     overrides: Sequence[str] = (),
     gpus: int | None = None,
-) -> dict[str, Any]:
-    """Train what is missing, then rebuild tables and figures; returns the report's paths."""
+) -> None:
+    """Train what is missing, then rebuild tables and figures (written under `results`)."""
     results = Path(results).resolve()
     plan = runs(family, seeds=seeds, only=list(only) if only else None)
     todo = []
     for run in plan:
         ovr = run_overrides(run, family, data_root, overrides)
         run_dir = results / "runs" / run.name
-        if is_complete(run_dir, run.preset, ovr):
+        matches = recorded_config_matches(run_dir, run.preset, ovr)
+        if matches and read_metrics(run_dir) is not None:
             print(f"[skip] {run.name}: complete run record with the same configuration", flush=True)
             continue
-        if _is_stale(run_dir, run.preset, ovr):
+        if matches is False:
             # A record of another configuration (the plan or the preset changed): retrain.
             print(f"[redo] {run.name}: its record was made with another configuration", flush=True)
             shutil.rmtree(run_dir)
@@ -150,7 +151,7 @@ def reproduce(
     else:
         _train_on_gpus(todo, results, workers, start)
     print(f"trained {len(todo)} run(s) in {time.perf_counter() - start:.0f} s", flush=True)
-    return build_outputs(results, family)
+    build_outputs(results, family)
 
 
 def _announce(i: int, n: int, run: PlannedRun, start: float) -> None:
@@ -183,7 +184,7 @@ def _train_on_gpus(todo: list, results: Path, gpus: int, start: float) -> None:
             f.result()
 
 
-def build_outputs(results: Path, family: str) -> dict[str, Any]:
+def build_outputs(results: Path, family: str) -> None:
     """Tables, figures and the walkthrough via their notebooks (executed copies kept in
     results/executed/)."""
     for name in REPORT_NOTEBOOKS:
@@ -200,10 +201,7 @@ def build_outputs(results: Path, family: str) -> dict[str, Any]:
         {"run_dir": str(results / "runs" / "coco448-resnest-dual")},
         label="walkthrough",
     )
-    from mlic.report import build_report, update_readme
-
-    # Cheap, deterministic and identical to what the notebooks wrote: returns the paths.
-    out = build_report(results / "runs", results, family=family)
     if family == "embedded" and results == (REPO_ROOT / "results").resolve():
+        from mlic.report import update_readme
+
         update_readme(REPO_ROOT / "README.md", results)  # the README shows what results/ holds
-    return out

@@ -17,7 +17,11 @@ from mlic.reproduce import check_parameters, execute_notebook, is_complete, run_
 
 def _notebook(path, parameters_source: str | None, body: str):
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     if parameters_source is not None:
         cell = nbformat.v4.new_code_cell(parameters_source)
         cell.metadata["tags"] = ["parameters"]
