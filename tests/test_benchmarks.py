@@ -140,3 +140,40 @@ def test_the_loss_must_fall_over_a_full_length_run(train_step, capsys, lr, code)
         torch.set_num_threads(threads)
     err = capsys.readouterr().err
     assert ("the loss did not fall" in err) == (code == 1), err
+
+
+def test_gpu_check_script_runs_through_on_the_cpu(tmp_path, tiny_embedded_root):
+    """The one prepared GPU script (issue 6) is run in its dry-run form, so that a session lent
+    a GPU for 15 minutes does not spend them on a broken script."""
+    out = tmp_path / "out"
+    env = {
+        **os.environ, "OMP_NUM_THREADS": "1", "DRY_RUN": "1", "PYTHON": sys.executable,
+        "OUT": str(out), "SCRATCH": str(tmp_path), "EMBEDDED_ROOT": str(tiny_embedded_root),
+    }  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh")],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "=== gpu_check: all steps passed" in proc.stdout
+    for name in ("train_step.md", "train_step.csv", "evaluate_speed.md", "evaluate_speed.csv",
+                 "smoke_history.csv", "smoke_metrics.json", "gpu_check.log"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert len(list(out.iterdir())) <= 8  # what the device tool brings back
+
+
+def test_the_engine_imports_without_the_annotation_libraries(tmp_path):
+    """The GPU image has neither pycocotools nor defusedxml; the benchmarks must not need them."""
+    for name in ("pycocotools", "defusedxml"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('{name} blocked')\n")
+    code = "import mlic.engine, mlic.models, mlic.losses, mlic.data.coco"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)  # fmt: skip
+    # Everything but the COCO reader imports; that one fails on the blocked package itself.
+    assert proc.returncode == 1 and "pycocotools blocked" in proc.stderr, proc.stderr
+    code = code.removesuffix(", mlic.data.coco")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr

@@ -1,12 +1,14 @@
-"""Which loader reads which dataset (no torch: the statistics command uses it too)."""
+"""Which loader reads which dataset (no torch: the statistics command uses it too).
+
+The loaders are imported when a split is read, so that importing the engine (the benchmarks do,
+on machines that may lack pycocotools or defusedxml) needs neither annotation library.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mlic.data.coco import read_coco
 from mlic.data.records import SplitIndex
-from mlic.data.voc import read_voc
 from mlic.errors import DataError
 
 DATASETS = ("coco", "voc")
@@ -15,7 +17,11 @@ DATASETS = ("coco", "voc")
 def read_split(dataset: str, root: str | Path, split: str) -> SplitIndex:
     """The labels of one split: `root` holds `annotations/` (COCO) or `VOC2007/` (VOC)."""
     if dataset == "coco":
+        from mlic.data.coco import read_coco
+
         return read_coco(root, split)
     if dataset == "voc":
+        from mlic.data.voc import read_voc
+
         return read_voc(root, split)
     raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
