@@ -4,8 +4,8 @@
 #
 # Run it from a session that is lent a device machine (device tool), from the repository root:
 #
-#   1. Here, once (wheels for the device's Python 3.12; pycocotools is a C extension):
-#        echo /.whl/ >> .git/info/exclude
+#   1. Here, once (wheels for the device's Python 3.12, 3.2 MB; pycocotools is a C extension;
+#      .gitignore ignores .whl/):
 #        .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #          --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #          --platform manylinux2014_x86_64 -d .whl pycocotools==2.0.11 defusedxml==0.7.1 timm==1.0.31
