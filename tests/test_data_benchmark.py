@@ -16,5 +16,7 @@ def test_input_pipeline_benchmark_quick_run_prints_a_table(capsys):
     module.main(["--quick", "--image-size", "64", "--workers", "1"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[1].split()[-1] == "images/s"
-    rates = [float(line.split()[-1]) for line in lines[2:]]
-    assert len(rates) == 4 and all(math.isfinite(r) and r > 0 for r in rates)
+    rates = {line[:56].strip(): float(line.split()[-1]) for line in lines[2:]}
+    assert len(rates) == 5 and all(math.isfinite(r) and r > 0 for r in rates.values())
+    # Both the float pipeline and the engine's uint8 one are measured, per process and loader.
+    assert sum("uint8 (engine)" in name for name in rates) == 2

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from mlic.config import DataConfig
-from mlic.data import build_transforms, make_transforms
+from mlic.data import build_transforms, make_transforms, to_model_input
 
 
 def constant(colour=(200, 100, 50), size=(50, 30)) -> Image.Image:
@@ -53,3 +53,26 @@ def test_build_transforms_reads_the_config():
     out = build_transforms(cfg, train=True)(constant())
     assert out.shape == (3, 40, 40)
     assert out[0, 0, 0].item() == pytest.approx((200 / 255 - 0.1) / 2.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("normalised", [False, True])
+def test_uint8_items_finished_later_are_the_same_bits_as_the_float_pipeline(normalised):
+    # The engine loads uint8 and converts on its device; the recorded runs must not change.
+    stats = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.5]} if normalised else {}
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)) for _ in range(3)]
+    floats = make_transforms(24, train=False, **stats)
+    raw = make_transforms(24, train=False, uint8=True, **stats)
+    items = [raw(image) for image in images]
+    assert all(item.dtype == torch.uint8 and item.shape == (3, 24, 24) for item in items)
+    batch = to_model_input(torch.stack(items), **stats)  # a collated batch, as on the device
+    expected = torch.stack([floats(image) for image in images])
+    assert batch.dtype == torch.float32 and torch.equal(batch, expected)
+    assert to_model_input(expected, **stats) is expected  # float input is already finished
+
+
+def test_conversion_keeps_the_channels_last_layout_of_the_uint8_batch():
+    batch = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    out = to_model_input(batch, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2])
+    assert out.is_contiguous(memory_format=torch.channels_last)

@@ -26,6 +26,7 @@ _EXPORTS = {
     "dataset_stats": "mlic.data.stats",
     "build_transforms": "mlic.data.transforms",
     "make_transforms": "mlic.data.transforms",
+    "to_model_input": "mlic.data.transforms",
 }
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "read_coco",
     "read_split",
     "read_voc",
+    "to_model_input",
 ]
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
     from mlic.data.records import ObjectTable, SplitIndex
     from mlic.data.splits import read_split
     from mlic.data.stats import dataset_stats
-    from mlic.data.transforms import build_transforms, make_transforms
+    from mlic.data.transforms import build_transforms, make_transforms, to_model_input
     from mlic.data.voc import VOC_CLASSES, read_voc
 
 

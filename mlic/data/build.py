@@ -18,6 +18,7 @@ def build_dataset(
     *,
     augment: bool | None = None,
     skip_unreadable: bool | None = None,
+    uint8: bool = False,
 ) -> MultiLabelDataset:
     """The `which` split of `cfg` (generating the embedded dataset on first use).
 
@@ -25,6 +26,8 @@ def build_dataset(
     skip_unreadable: an undecodable image becomes a counted skip (True) or a DataError naming
     the file (False); default: skip in training, fail in evaluation (never a silent change in
     the reported numbers).
+    uint8: items stay uint8 for the device to finish (`mlic.data.transforms.to_model_input`);
+    the engine asks for this, notebooks and plots get float tensors by default.
     """
     if cfg.is_embedded:
         ensure_embedded(Path(cfg.embedded_root))
@@ -34,6 +37,6 @@ def build_dataset(
     train = augment if augment is not None else which == "train"
     return MultiLabelDataset(
         index,
-        build_transforms(cfg, train=train),
+        build_transforms(cfg, train=train, uint8=uint8),
         skip_unreadable=which == "train" if skip_unreadable is None else skip_unreadable,
     )
