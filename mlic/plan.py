@@ -125,7 +125,7 @@ SETTINGS: tuple[Setting, ...] = (
 class PlannedRun:
     """One run to make: `load_config(preset, overrides)` gives its configuration."""
 
-    name: str  # run directory name: the setting's name, plus "-seed{k}" with several seeds
+    name: str  # run directory name: the setting's name, plus "-seed{k}" for seeds k >= 1
     setting: str  # the setting's name (runs of one setting differ only in the seed)
     family: str
     preset: str
@@ -143,7 +143,8 @@ class PlannedRun:
 
 def _planned(setting: Setting, family: str, seed: int | None) -> PlannedRun:
     fam = FAMILIES[family]
-    name = setting.name if seed is None else f"{setting.name}-seed{seed}"
+    # Seed 0 keeps the plain name: it is the run a one-seed reproduction already made.
+    name = setting.name if not seed else f"{setting.name}-seed{seed}"
     overrides: dict[str, Any] = {
         "name": name,
         "data.dataset": setting.dataset,
@@ -160,7 +161,9 @@ def _planned(setting: Setting, family: str, seed: int | None) -> PlannedRun:
 def runs(family: str, seeds: int = 1, only: str | Iterable[str] | None = None) -> list[PlannedRun]:
     """The plan's runs for `family`, in the plan's order.
 
-    seeds > 1 repeats every setting with `train.seed` = 0 .. seeds-1 (names end in -seed{k});
+    seeds > 1 repeats every setting with `train.seed` = 0 .. seeds-1; seed 0 is the plain run
+    (so `--seeds 3` after a one-seed reproduction trains only seeds 1 and 2), the others' names
+    end in -seed{k};
     `only` keeps the runs feeding the named tables ("table1".."table4", "figures").
     """
     if family not in FAMILIES:

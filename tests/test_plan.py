@@ -94,7 +94,8 @@ def test_seeds_repeat_every_setting():
     assert len(plan) == 3 * len(SETTINGS)
     assert len({r.name for r in plan}) == len(plan)
     dual = [r for r in plan if r.setting == "coco448-resnest-dual"]
-    assert [r.name for r in dual] == [f"coco448-resnest-dual-seed{k}" for k in range(3)]
+    names = ["coco448-resnest-dual", "coco448-resnest-dual-seed1", "coco448-resnest-dual-seed2"]
+    assert [r.name for r in dual] == names  # seed 0 is the one-seed plan's run, not a copy
     for k, run in enumerate(dual):
         assert run.seed == k and run.overrides["train.seed"] == k
         assert load_config(run.preset, run.overrides).train.seed == k

@@ -247,8 +247,10 @@ def test_records_of_another_family_are_not_used(full):
 
 
 def test_duplicate_seed_is_skipped(full):
-    run = next(r for r in runs("embedded", seeds=2) if r.name == "coco448-resnest-dual-seed0")
-    write_run(full, run, 99.0)  # seed 0 again, beside the unsuffixed seed-0 run
+    run = next(r for r in runs("embedded", seeds=2) if r.name == "coco448-resnest-dual-seed1")
+    overrides = {**run.overrides, "name": "coco448-resnest-dual-seed0", "train.seed": 0}
+    run = dataclasses.replace(run, name="coco448-resnest-dual-seed0", overrides=overrides, seed=0)
+    write_run(full, run, 99.0)  # seed 0 again (made by hand), beside the plain seed-0 run
     collected = report.collect(full, "embedded")
     assert [r.name for r in collected.records["coco448-resnest-dual"]] == ["coco448-resnest-dual"]
     assert "coco448-resnest-dual-seed0" in collected.skipped
