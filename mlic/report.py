@@ -13,7 +13,6 @@ guessed. A record that does not parse is a `DataError` naming the file.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -29,6 +28,7 @@ import yaml
 from mlic import paper
 from mlic.errors import ConfigError, DataError
 from mlic.plan import FAMILIES, SETTINGS, expected_config
+from mlic.runrecord import read_metrics
 
 DATASET_NAMES = {"coco": "COCO 2014", "voc": "VOC 2007"}
 HISTORY_COLUMNS = ("epoch", "train_loss", "map", "map_ema")
@@ -116,13 +116,8 @@ def read_run(run_dir: Path) -> tuple[RunRecord | None, str]:
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
         return None, "no metrics.json"
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{metrics_path}: not valid JSON ({_one_line(exc)})") from None
-    if not isinstance(metrics, dict):
-        raise DataError(f"{metrics_path}: expected a JSON object, found {type(metrics).__name__}")
-    if metrics.get("complete") is not True:
+    metrics = read_metrics(run_dir)
+    if metrics is None:
         return None, "metrics.json is not marked complete"
     if not _is_number(metrics.get("map")):
         raise DataError(f"{metrics_path}: 'map' = {metrics.get('map')!r} is not a number")

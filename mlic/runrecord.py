@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mlic.errors import MlicError
+from mlic.errors import DataError, MlicError
 
 HISTORY_COLUMNS = [
     "epoch",
@@ -133,12 +133,18 @@ def software_versions() -> dict[str, str]:
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
-    """The finished run's metrics, or None when the run has not completed."""
-    path = run_dir / "metrics.json"
+    """The finished run's metrics, or None when there are none or the run has not completed.
+
+    The one reader of metrics.json (reproduce's skip check and the report both use it): a file
+    that is there but does not parse is a DataError naming it, never a silent retrain.
+    """
+    path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         return None
     try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MlicError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    return metrics if metrics.get("complete") else None
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: expected a JSON object, found {type(metrics).__name__}")
+    return metrics if metrics.get("complete") is True else None

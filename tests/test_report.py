@@ -9,6 +9,8 @@ import math
 import shutil
 import statistics
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -312,4 +314,9 @@ def test_the_report_never_imports_the_engine():
         "mlic.errors",
         "mlic.plan",
         "mlic.paper",
+        "mlic.runrecord",  # the one metrics.json reader; no torch (checked below)
     }
+    code = "import sys, mlic.report; print(sorted({'torch', 'mlic.engine'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)  # fmt: skip
+    assert proc.stdout.strip() == "[]"

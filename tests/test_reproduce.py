@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mlic.config import load_config
-from mlic.errors import MlicError
+from mlic.errors import DataError, MlicError
 from mlic.plan import runs
 from mlic.reproduce import check_parameters, execute_notebook, is_complete, run_overrides
 
@@ -76,3 +76,22 @@ def test_the_paper_family_needs_a_data_root():
         run_overrides(run, "paper", None, [])
     overrides = run_overrides(run, "paper", "/data", [])
     assert load_config(run.preset, overrides).data.root == "/data/coco"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"[1, 2]", "expected a JSON object, found list"), (b'{"map": \xff}', "not valid JSON"),
+     (b'{"map": 1.0,', "not valid JSON")],
+)  # fmt: skip
+def test_a_broken_metrics_file_stops_the_skip_check_with_its_name(tmp_path, content, message):
+    # Neither a silent retrain over the record nor a traceback from deep inside reproduce.
+    run = next(r for r in runs("embedded") if r.name == "coco448-resnest-dual")
+    overrides = run_overrides(run, "embedded", None, [])
+    run_dir = tmp_path / run.name
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(load_config(run.preset, overrides).to_yaml())
+    (run_dir / "metrics.json").write_bytes(content)
+    with pytest.raises(DataError) as info:
+        is_complete(run_dir, run.preset, overrides)
+    assert str(run_dir / "metrics.json") in str(info.value) and message in str(info.value)
+    assert "\n" not in str(info.value)
