@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU check of issue 6: the training-step matrix at paper size, evaluation speed
-# at 448 and 576 px, and a compiled `mlic train` smoke run; every table lands in $OUT.
+# at 448 and 576 px, the input pipeline on the host's cores, and a compiled `mlic train` smoke
+# run; every table lands in $OUT.
 #
 # Run it from a session that is lent a device machine (device tool), from the repository root:
 #
@@ -13,8 +14,10 @@
 #      then give_back. The reply's files are train_step.{md,csv}, evaluate_speed.{md,csv},
 #      smoke_history.csv, smoke_metrics.json and gpu_check.log (everything printed).
 #
-# It takes about 6 minutes on one H100 and at most ~9.5 (each step has its own `timeout`, and the
-# matrix skips what would start after its time budget; its table is rewritten after every row).
+# Expected to take 6-7 minutes on one H100 (an estimate: it has not run there yet) and at most
+# ~9.5: each step has its own `timeout` (270 + 100 + 75 + 130 s), the matrix skips what would
+# start after its time budget, and its table is rewritten after every row. The input pipeline's
+# table is printed into gpu_check.log (the device tool brings back at most 8 files).
 #
 # What it assumes of the device image 'cuda' (/work/.library/device/KINDS.md): `python3` with
 # torch (CUDA), torchvision, numpy, pyyaml, pillow, tqdm and timm; no network. It installs only the
@@ -82,20 +85,26 @@ if [ "${DRY_RUN:-0}" = 1 ]; then  # check this script's plumbing on a CPU: tiny 
     train_args=("${tiny[@]}" --image-size 32)
     eval_args=("${tiny[@]}" --image-sizes 32 64)
     smoke_set=(train.device=cpu data.max_train_images=64 data.max_val_images=32)
+    pipeline_args=(--quick --image-size 64 --workers 1)
 else
     train_args=(--steps 30 --warmup 10 --time-budget 210)
     eval_args=(--image-sizes 448 576)
     smoke_set=(train.device=cuda train.compile=true data.num_workers=8)
+    pipeline_args=(--workers 1 8 15)  # 256 images, 448 px; a core left for the trainer
 fi
 
 # 1. Training step at 448 px, batch 64: reference, bf16, + channels_last, + fused AdamW,
 #    transformer head, batch 32 and 128, + torch.compile (last: the slowest to build).
-step train_step 300 "$PY" benchmarks/train_step.py --matrix "${train_args[@]}" --out "$OUT"
+step train_step 270 "$PY" benchmarks/train_step.py --matrix "${train_args[@]}" --out "$OUT"
 
 # 2. Evaluation (`mlic evaluate`'s loop body) at the paper's two sizes, batch 128, bf16.
 step evaluate_speed 100 "$PY" benchmarks/evaluate_speed.py "${eval_args[@]}" --out "$OUT"
 
-# 3. The engine end to end on the GPU with torch.compile (embedded dataset, generated in /tmp).
+# 3. The input pipeline on this host's cores (decode + RandAugment at 448 px, float32 and the
+#    engine's uint8 batches): can 16 workers feed 500 images/s? Its table is in gpu_check.log.
+step input_pipeline 75 "$PY" benchmarks/input_pipeline.py "${pipeline_args[@]}"
+
+# 4. The engine end to end on the GPU with torch.compile (embedded dataset, generated in /tmp).
 if [ "$smoke" -eq 1 ]; then
     rm -rf "$SCRATCH/mlic-smoke"
     step train_smoke 130 "$PY" -m mlic train --preset embedded --set train.epochs=1 \

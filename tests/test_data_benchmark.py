@@ -20,3 +20,13 @@ def test_input_pipeline_benchmark_quick_run_prints_a_table(capsys):
     assert len(rates) == 5 and all(math.isfinite(r) and r > 0 for r in rates.values())
     # Both the float pipeline and the engine's uint8 one are measured, per process and loader.
     assert sum("uint8 (engine)" in name for name in rates) == 2
+
+
+def test_loader_measurements_give_every_worker_several_batches():
+    spec = importlib.util.spec_from_file_location("input_pipeline", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for workers in (1, 2, 8, 15):
+        repeats = module.loader_repeats(1, workers, batch_size=32, num_images=256)
+        assert repeats * (256 // 32) >= 6 * workers  # a steady rate, not one burst
+    assert module.loader_repeats(3, 1, batch_size=32, num_images=256) == 3  # never fewer
