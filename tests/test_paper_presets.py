@@ -51,3 +51,24 @@ def test_a_paper_preset_trains_and_evaluates_from_a_data_root(
     again = json.loads(evaluated.stdout)
     assert again["split"] == val_split
     assert again["map"] == pytest.approx(metrics["map"], abs=1e-9)
+
+
+def test_reproduce_with_the_paper_preset_and_a_data_root_runs_through(tiny_embedded_root, tmp_path):
+    """The mission's first command in its GPU form (`mlic reproduce --preset paper --data-root`),
+    shrunk: it trains, reports and executes the notebooks; the report refuses the shrunk
+    records as the paper's configuration and says why, instead of filling the paper's cells."""
+    results = tmp_path / "results"
+    readme = (ROOT / "README.md").read_bytes()
+    shrunk = [s for s in SHRUNK if s != "data.num_workers=1"] + ["data.num_workers=0"]
+    proc = _mlic("reproduce", "--preset", "paper", "--data-root", str(tiny_embedded_root),
+                 "--only", "table3", "--results", str(results), "--set", *shrunk,
+                 cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("voc448-resnet-gap", "voc448-resnest-dual"):
+        metrics = json.loads((results / "runs" / name / "metrics.json").read_text())
+        assert metrics["complete"] is True and metrics["dataset"] == "voc"
+        assert (results / "executed" / f"train-{name}.ipynb").is_file()
+    table3 = (results / "tables" / "table3.md").read_text()
+    assert "voc448-resnest-dual (config.yaml has data.image_size=32, the paper plan has 448)" in table3
+    assert (results / "executed" / "tables.ipynb").is_file()
+    assert (ROOT / "README.md").read_bytes() == readme  # only the embedded default updates it
