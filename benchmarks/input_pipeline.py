@@ -146,13 +146,15 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"{'pipeline':<56}{'images/s':>10}")
         rows = []
-        for randaugment, uint8 in ((False, False), (True, False), (True, True)):
-            dataset = dataset_over(paths, args.image_size, randaugment, uint8)
+        datasets = {
+            (randaugment, uint8): dataset_over(paths, args.image_size, randaugment, uint8)
+            for randaugment, uint8 in ((False, False), (True, False), (True, True))
+        }
+        for (randaugment, uint8), dataset in datasets.items():
             name = "decode+resize" + ("+RandAugment(2,9)" if randaugment else "")
             name += "+uint8 (engine)" if uint8 else "+float32"
             rows.append((f"{name}, 1 process", per_worker(dataset, args.repeats)))
-        dataset = dataset_over(paths, args.image_size, randaugment=True)
-        small = dataset_over(paths, args.image_size, randaugment=True, uint8=True)
+        dataset, small = datasets[True, False], datasets[True, True]
         for w in workers:
             plural = "s" if w != 1 else ""
             repeats = loader_repeats(args.repeats, w, args.batch_size, args.num_images)

@@ -21,3 +21,8 @@ class DataError(MlicError):
 
 class CheckpointError(MlicError):
     """A checkpoint that does not load, or was made for another architecture."""
+
+
+def one_line(exc: BaseException) -> str:
+    """A library's exception text (YAML and JSON errors span lines) folded into one line."""
+    return " ".join(str(exc).split())

@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 from mlic import paper
-from mlic.errors import ConfigError, DataError
+from mlic.errors import ConfigError, DataError, one_line
 from mlic.plan import FAMILIES, SETTINGS, expected_config
 from mlic.runrecord import read_metrics
 
@@ -87,7 +87,7 @@ class RunRecord:
         try:
             df = pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot be read as CSV ({_one_line(exc)})") from None
+            raise DataError(f"{path}: cannot be read as CSV ({one_line(exc)})") from None
         for column in HISTORY_COLUMNS:
             if column not in df.columns:
                 raise DataError(f"{path}: missing column {column!r}")
@@ -98,10 +98,6 @@ class RunRecord:
                     f"{path}: column {column!r} holds values that are not numbers"
                 ) from None
         return df.sort_values("epoch", kind="stable").reset_index(drop=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def _is_number(value: Any) -> bool:
@@ -127,7 +123,7 @@ def read_run(run_dir: Path) -> tuple[RunRecord | None, str]:
     try:
         config = yaml.safe_load(config_path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DataError(f"{config_path}: not valid YAML ({_one_line(exc)})") from None
+        raise DataError(f"{config_path}: not valid YAML ({one_line(exc)})") from None
     if not isinstance(config, dict):
         raise DataError(f"{config_path}: expected a mapping of configuration sections")
     record = RunRecord(run_dir.name, run_dir, config, metrics)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mlic.errors import DataError, MlicError
+from mlic.errors import DataError, MlicError, one_line
 
 HISTORY_COLUMNS = [
     "epoch",
@@ -144,7 +144,7 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+        raise DataError(f"{path}: not valid JSON ({one_line(exc)})") from None
     if not isinstance(metrics, dict):
         raise DataError(f"{path}: expected a JSON object, found {type(metrics).__name__}")
     return metrics if metrics.get("complete") is True else None
