@@ -28,10 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import (  # noqa: E402  (a sibling script, not a package)
-    COMPILE_MODES,
     H100_BF16_PEAK_TFLOPS,
+    add_common_arguments,
     count_forward_flops,
     device_name,
+    parse_common,
     peak_memory,
     release,
     reset_peak_memory,
@@ -207,34 +208,15 @@ def write_outputs(out: Path, header: str, results: Sequence[EvalResult]) -> None
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="paper-coco-448")
-    p.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE")
-    p.add_argument("--device", default="auto")
+    add_common_arguments(
+        p, unit="batches", steps=20, warmup=5, out_files="evaluate_speed.md / evaluate_speed.csv"
+    )
     p.add_argument(
         "--image-sizes", "--image-size", nargs="+", type=int, default=None,
         help="default: the preset's data.image_size",
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, help="default: the preset's train.eval_batch_size")
-    p.add_argument("--steps", type=int, default=20, help="timed batches (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed batches (default: %(default)s)")
-    p.add_argument(
-        "--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-        help="autocast dtype; auto: the engine's (bf16 on CUDA, fp32 on the CPU)",
-    )  # fmt: skip
-    p.add_argument(
-        "--channels-last", action=argparse.BooleanOptionalAction, default=None,
-        help="default: the engine's (the preset's train.channels_last on CUDA, off on the CPU)",
-    )  # fmt: skip
-    p.add_argument("--compile", choices=COMPILE_MODES, default="none")
-    p.add_argument(
-        "--peak-tflops", type=float, default=None,
-        help=f"for '%% of peak' (default on CUDA: {H100_BF16_PEAK_TFLOPS:g}; n/a on the CPU)",
-    )  # fmt: skip
-    p.add_argument("--out", type=Path, help="folder for evaluate_speed.md / evaluate_speed.csv")
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
-    return args
+    return parse_common(p, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -592,15 +592,17 @@ def _csv(value: float) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_common_arguments(
+    p: argparse.ArgumentParser, *, unit: str, steps: int, warmup: int, out_files: str
+) -> None:
+    """The options this script and evaluate_speed.py share, with one meaning in both."""
     p.add_argument("--preset", default="paper-coco-448")
     p.add_argument("--set", nargs="*", default=[], action="extend", metavar="KEY=VALUE")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--image-size", type=int, help="default: the preset's data.image_size")
-    p.add_argument("--batch-size", type=int, help="default: the preset's train.batch_size")
-    p.add_argument("--steps", type=int, default=30, help="timed steps (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=steps, help=f"timed {unit} (default: %(default)s)")
+    p.add_argument(
+        "--warmup", type=int, default=warmup, help=f"untimed {unit} (default: %(default)s)"
+    )
     p.add_argument(
         "--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
         help="autocast dtype; auto: bf16 on CUDA, fp32 on the CPU (as the engine)",
@@ -610,6 +612,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="default: the preset's train.channels_last on CUDA, off on the CPU (as the engine)",
     )  # fmt: skip
     p.add_argument("--compile", choices=COMPILE_MODES, default="none")
+    p.add_argument(
+        "--peak-tflops", type=float, default=None,
+        help=f"for '%% of peak' (default on CUDA: {H100_BF16_PEAK_TFLOPS:g}, the H100's measured "
+        "bf16 matmul rate; on the CPU: n/a unless given)",
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, help=f"folder for {out_files}")
+
+
+def parse_common(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
+    return args
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(
+        p, unit="steps", steps=30, warmup=10, out_files="train_step.md / train_step.csv"
+    )
+    p.add_argument("--image-size", type=int, help="default: the preset's data.image_size")
+    p.add_argument("--batch-size", type=int, help="default: the preset's train.batch_size")
     p.add_argument(
         "--fused-adamw", action=argparse.BooleanOptionalAction, default=None,
         help="default: fused on CUDA, PyTorch's default AdamW on the CPU (as the engine)",
@@ -637,19 +661,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="SDPA backends added to the matrix (default: none)",
     )  # fmt: skip
     p.add_argument(
-        "--peak-tflops", type=float, default=None,
-        help=f"for '%% of peak' (default on CUDA: {H100_BF16_PEAK_TFLOPS:g}, the H100's measured "
-        "bf16 matmul rate; on the CPU: n/a unless given)",
-    )  # fmt: skip
-    p.add_argument(
         "--time-budget", type=float, default=0,
         help="seconds; skip the matrix's remaining configurations after this (0: no limit)",
     )  # fmt: skip
-    p.add_argument("--out", type=Path, help="folder for train_step.md / train_step.csv")
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
-    return args
+    return parse_common(p, argv)
 
 
 def base_config(args: argparse.Namespace) -> Config:
