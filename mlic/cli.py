@@ -150,8 +150,10 @@ def _cmd_train(args) -> None:
     cfg = _config(args)
     run_dir = Path(args.run_dir or Path("results") / "runs" / cfg.name)
     metrics = fit(cfg, run_dir, resume=args.resume)
+    best, last = metrics["best"], metrics["last"]
     print(
-        f"{run_dir}: mAP {metrics['map']:.2f} % ({metrics['weights']} weights) on "
+        f"{run_dir}: mAP {metrics['map']:.2f} % ({metrics['weights']} weights, best epoch "
+        f"{best['epoch']} of {metrics['epochs']}; last epoch {last['map']:.2f} %) on "
         f"{metrics['dataset']}/{metrics['split']}, {metrics['num_images']} images"
     )
 
