@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--gpus", type=int, default=None, help="run independent configurations on N GPUs"
     )
+    s.add_argument(
+        "--retrain",
+        action="store_true",
+        help="delete the planned runs' records and train them all again (default: skip runs "
+        "whose record is complete and of the same configuration)",
+    )
     s.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser("report", help="rebuild tables and figures from the run records alone")
@@ -193,6 +199,7 @@ def _cmd_reproduce(args) -> None:
         seeds=args.seeds,
         overrides=args.overrides,
         gpus=args.gpus,
+        retrain=args.retrain,
     )
 
 
