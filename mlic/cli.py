@@ -178,7 +178,8 @@ def _cmd_evaluate(args) -> None:
         print(json.dumps(m, indent=2, sort_keys=True))
         return
     print(
-        f"{m['checkpoint']} ({m['weights']} weights) on {m['dataset']}/{m['split']}, "
+        f"{m['checkpoint']} ({m['weights']} weights, epoch {m['epoch']}) on "
+        f"{m['dataset']}/{m['split']}, "
         f"{m['num_images']} images at {m['image_size']} px, {m['device']}"
     )
     print(f"  mAP {m['map']:.2f} %  over {m['num_classes_evaluated']} classes")

@@ -761,6 +761,7 @@ def evaluate_checkpoint(
         **metrics,
         "checkpoint": str(ckpt_path),
         "weights": which,
+        "epoch": state.get("epoch"),  # best.pt: the best epoch (metrics.json "best")
         "dataset": cfg.data.dataset,
         "split": cfg.data.split("val"),
         "image_size": cfg.data.image_size,

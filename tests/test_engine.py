@@ -162,7 +162,7 @@ def test_evaluate_checkpoint_reproduces_the_run(finished_run):
     assert again["map"] == metrics["best"]["map"] == metrics["map"] == best["map"]
     assert again["per_class_ap"] == metrics["best"]["per_class_ap"]
     assert again["weights"] == metrics["best"]["weights"] == best["weights"]
-    assert best["epoch"] == metrics["best"]["epoch"]
+    assert best["epoch"] == metrics["best"]["epoch"] == again["epoch"]
 
 
 def test_best_is_the_best_epoch_not_the_last(tiny_embedded_root, tmp_path, monkeypatch):
