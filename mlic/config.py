@@ -116,7 +116,8 @@ class TrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 128
     # OneCycle: starts at lr / div_factor, peaks at lr after pct_start of the steps, ends at
-    # lr / (div_factor * final_div_factor). The paper's "initial lr 1e-6" is lr / div_factor.
+    # lr / (div_factor * final_div_factor). The paper's "initial lr 1e-6" is read as lr /
+    # div_factor (our reading: 1e-4 / 100; Query2Label and ASL keep OneCycle's default 25).
     lr: float = 1e-4
     div_factor: float = 100.0
     final_div_factor: float = 1e4
