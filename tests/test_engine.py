@@ -307,3 +307,19 @@ def test_weight_decay_exemption_policies(exempt, decayed_1d, decayed_queries):
     assert all(id(p) in decayed for n, p in named.items() if p.ndim > 1 and "embed" not in n)
     if exempt == "none":
         assert len(groups) == 1 and groups[0]["weight_decay"] == 0.01
+
+
+def test_a_checkpoint_without_the_best_record_is_refused_on_resume(finished_run, tmp_path):
+    import shutil
+
+    cfg, run_dir, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    state = load_checkpoint(copy / "checkpoints" / "last.pt")
+    del state["best"]  # as written before metrics.json held the best epoch
+    save_checkpoint(
+        copy / "checkpoints" / "last.pt", {k: v for k, v in state.items() if k != "format"}
+    )
+    with pytest.raises(MlicError, match="older mlic") as info:
+        fit(cfg, copy, resume=True, progress=False)
+    assert "\n" not in str(info.value)
