@@ -2,8 +2,11 @@
 #   make reproduce   train every configuration of the paper's tables, then build tables + figures
 #   make test        lint, unit tests and the notebooks (pytest --nbval-lax)
 # Pass options to `mlic reproduce` with ARGS, e.g.  make reproduce ARGS="--only table4 --seeds 3"
+# A fresh clone's run records are complete, so `make reproduce` trains nothing and only rebuilds
+# the report; `make reproduce ARGS=--retrain` trains every run again from scratch.
 
-PYTHON ?= python3.11
+# Any Python 3.11-3.13 (pyproject.toml's requires-python); CI runs PYTHON=python3.11.
+PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mlic-installed
@@ -14,6 +17,8 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (set PYTHON=...)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' || \
+		{ echo "make: $(PYTHON) is not Python 3.11-3.13 (set PYTHON=python3.11, for example)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch 2.14.1 / torchvision 0.29.1 are pinned in pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,lint]'

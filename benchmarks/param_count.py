@@ -19,8 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mlic.models import build_model
 
-# (label, backbone, head, batchformer): Table 4's four cells, the gap baselines, and the
-# official-code variant of the BatchFormerV2 branch.
+# (label, backbone, head, batchformer): the gap baselines, the Transformer heads, and the dual
+# head with both readings of the BatchFormerV2 branch (separate: the official layer, the presets'
+# default; shared: encoder layer 0's weights reused).
 CONFIGS = [
     ("ResNet-101 + GAP", "resnet101", "gap", "shared"),
     ("ResNeSt-101e + GAP", "resnest101e", "gap", "shared"),

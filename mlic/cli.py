@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--gpus", type=int, default=None, help="run independent configurations on N GPUs"
     )
+    s.add_argument(
+        "--retrain",
+        action="store_true",
+        help="delete the planned runs' records and train them all again (default: skip runs "
+        "whose record is complete and of the same configuration)",
+    )
     s.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser("report", help="rebuild tables and figures from the run records alone")
@@ -150,8 +156,10 @@ def _cmd_train(args) -> None:
     cfg = _config(args)
     run_dir = Path(args.run_dir or Path("results") / "runs" / cfg.name)
     metrics = fit(cfg, run_dir, resume=args.resume)
+    best, last = metrics["best"], metrics["last"]
     print(
-        f"{run_dir}: mAP {metrics['map']:.2f} % ({metrics['weights']} weights) on "
+        f"{run_dir}: mAP {metrics['map']:.2f} % ({metrics['weights']} weights, best epoch "
+        f"{best['epoch']} of {metrics['epochs']}; last epoch {last['map']:.2f} %) on "
         f"{metrics['dataset']}/{metrics['split']}, {metrics['num_images']} images"
     )
 
@@ -170,7 +178,8 @@ def _cmd_evaluate(args) -> None:
         print(json.dumps(m, indent=2, sort_keys=True))
         return
     print(
-        f"{m['checkpoint']} ({m['weights']} weights) on {m['dataset']}/{m['split']}, "
+        f"{m['checkpoint']} ({m['weights']} weights, epoch {m['epoch']}) on "
+        f"{m['dataset']}/{m['split']}, "
         f"{m['num_images']} images at {m['image_size']} px, {m['device']}"
     )
     print(f"  mAP {m['map']:.2f} %  over {m['num_classes_evaluated']} classes")
@@ -191,6 +200,7 @@ def _cmd_reproduce(args) -> None:
         seeds=args.seeds,
         overrides=args.overrides,
         gpus=args.gpus,
+        retrain=args.retrain,
     )
 
 

@@ -22,6 +22,10 @@ DatasetName = Literal["coco", "voc"]
 HeadName = Literal["gap", "transformer", "dual"]
 BatchFormerVariant = Literal["shared", "separate"]
 TargetMixing = Literal["area", "union"]
+# Which parameters AdamW does not decay: "none" (Query2Label's main_mlc.py: every parameter),
+# "norm_bias" (ASL's add_weight_decay: 1-D tensors and biases), "norm_bias_queries" (also the
+# learned class queries and other embeddings).
+WeightDecayExempt = Literal["none", "norm_bias", "norm_bias_queries"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 DEFAULT_SPLITS = {
@@ -89,7 +93,9 @@ class ModelConfig:
     num_decoder_layers: int = 2
     dim_feedforward: int = 8192
     dropout: float = 0.1
-    batchformer: BatchFormerVariant = "shared"
+    # "separate": the official BatchFormerV2 layer of its own (default); "shared": encoder layer
+    # 0's weights applied a second time along the batch (README, "Deviations").
+    batchformer: BatchFormerVariant = "separate"
 
 
 @dataclass
@@ -110,12 +116,14 @@ class TrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 128
     # OneCycle: starts at lr / div_factor, peaks at lr after pct_start of the steps, ends at
-    # lr / (div_factor * final_div_factor). The paper's "initial lr 1e-6" is lr / div_factor.
+    # lr / (div_factor * final_div_factor). The paper's "initial lr 1e-6" is read as lr /
+    # div_factor (our reading: 1e-4 / 100; Query2Label and ASL keep OneCycle's default 25).
     lr: float = 1e-4
     div_factor: float = 100.0
     final_div_factor: float = 1e4
     pct_start: float = 0.2
     weight_decay: float = 1e-4
+    weight_decay_exempt: WeightDecayExempt = "norm_bias_queries"
     grad_clip: float = 0.0
     ema_decay: float = 0.9997
     seed: int = 0
@@ -336,6 +344,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "train.batch_size must be >= 2 for the dual head: it attends across the batch"
         )
+    if t.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay={t.weight_decay} must be >= 0")
     if not 0.0 < t.pct_start < 1.0:
         raise ConfigError(f"train.pct_start={t.pct_start} is not in (0, 1)")
     if not 0.0 <= t.ema_decay < 1.0:

@@ -183,31 +183,42 @@ def _images_to_device(images: torch.Tensor, rt: Runtime, data: DataConfig) -> to
 # --------------------------------------------------------------------------- model & optimiser
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on norms, biases (all 1-D tensors) and embeddings (the class queries)."""
+def param_groups(
+    model: nn.Module, weight_decay: float, exempt: str = "norm_bias_queries"
+) -> list[dict[str, Any]]:
+    """AdamW groups by `train.weight_decay_exempt`: "none" decays every parameter (Query2Label's
+    main_mlc.py); "norm_bias" exempts 1-D tensors and biases (ASL's add_weight_decay);
+    "norm_bias_queries" also exempts embeddings (the learned class queries)."""
+    if exempt not in ("none", "norm_bias", "norm_bias_queries"):
+        raise MlicError(f"train.weight_decay_exempt={exempt!r} is not a known policy")
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or "query_embed" in name or "embed" in name.split(".")[-1]:
+        norm_or_bias = p.ndim <= 1 or name.endswith(".bias")
+        embedding = "query_embed" in name or "embed" in name.split(".")[-1]
+        if exempt != "none" and (norm_or_bias or (exempt == "norm_bias_queries" and embedding)):
             no_decay.append(p)
         else:
             decay.append(p)
-    return [
+    groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, cfg: Config, rt: Runtime) -> torch.optim.AdamW:
     t = cfg.train
-    return torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, fused=rt.cuda or None)
+    groups = param_groups(model, t.weight_decay, t.weight_decay_exempt)
+    return torch.optim.AdamW(groups, lr=t.lr, fused=rt.cuda or None)
 
 
 def build_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
     t = cfg.train
     # The paper's "initial learning rate 1e-6" is read as OneCycle's starting lr = lr / div_factor
-    # (1e-4 / 100 in the paper presets), as in Query2Label/ASL's training scripts.
+    # (1e-4 / 100 in the paper presets: our reading; Query2Label's and ASL's scripts use OneCycle
+    # with its default div_factor 25, i.e. a start at 4e-6).
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=t.lr,
@@ -476,6 +487,7 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
     history: list[dict[str, Any]] = []
     iterations: list[dict[str, Any]] = []
     start_epoch, best_map = 0, -math.inf
+    best: dict[str, Any] | None = None  # the best epoch's record (metrics.json "best")
     if state is not None:
         load_weights(last_path, model, state["model"])
     ema = build_ema(model, cfg)
@@ -487,6 +499,12 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
             scaler.load_state_dict(state["scaler"])
         history, iterations = list(state["history"]), list(state.get("iterations", []))
         start_epoch, best_map = int(state["epoch"]), float(state["best_map"])
+        best = state.get("best")
+        if best is None:
+            raise MlicError(
+                f"{last_path}: written by an older mlic without the best-epoch record; "
+                "it cannot be resumed, train the run again"
+            )
 
     train_model: nn.Module = model
     if rt.dist.enabled:
@@ -546,6 +564,8 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
             common = {"arch": arch, "class_names": class_names, "config": cfg.to_dict()}
             improved = epoch_map > best_map
             best_map = max(best_map, epoch_map)
+            if improved:  # Q2L main_mlc.py / ASL train.py: best epoch of max(model, EMA)
+                best = _epoch_record(epoch + 1, which, results)
             if cfg.train.save_best and improved:
                 weights = (ema.module if which == "ema" else model).state_dict()
                 save_checkpoint(
@@ -571,6 +591,7 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
                     "history": history,
                     "iterations": iterations,
                     "best_map": best_map,
+                    "best": best,
                 },
             )
     if not results:  # resumed a run that had already finished: evaluate its last weights
@@ -578,7 +599,11 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
             "model": evaluate(model, val_set, cfg, rt),
             "ema": evaluate(ema.module, val_set, cfg, rt),
         }
-    metrics = _final_metrics(cfg, rt, results, history, time.perf_counter() - wall_start)
+    last_which = "ema" if results["ema"]["map"] > results["model"]["map"] else "model"
+    last = _epoch_record(cfg.train.epochs, last_which, results)
+    if best is None:  # only on a non-main rank, which does not track it
+        best = last
+    metrics = _final_metrics(cfg, rt, best, last, history, time.perf_counter() - wall_start)
     if rt.dist.is_main:
         write_json(run_dir / "metrics.json", metrics)
     return metrics
@@ -615,18 +640,36 @@ def _log_epoch(row: dict[str, Any], cfg: Config) -> None:
     )
 
 
-def _final_metrics(
-    cfg: Config, rt: Runtime, results: dict[str, dict], history: list[dict], wall: float
-) -> dict[str, Any]:
-    # Q2L/ASL evaluate the model and its EMA and report the better; we record both.
-    which = "ema" if results["ema"]["map"] > results["model"]["map"] else "model"
-    train_seconds = sum(r["seconds"] for r in history)
-    train_images = sum(r["images_per_s"] * r["seconds"] for r in history)
+def _epoch_record(epoch: int, which: str, results: dict[str, dict]) -> dict[str, Any]:
+    """One epoch's metrics of its better weights (model or EMA), for metrics.json's
+    "best" and "last": epoch, weights, map_model, map_ema and every metric of `which`."""
     return {
         **results[which],
+        "epoch": epoch,
         "weights": which,
         "map_model": results["model"]["map"],
         "map_ema": results["ema"]["map"],
+    }
+
+
+def _final_metrics(
+    cfg: Config,
+    rt: Runtime,
+    best: dict[str, Any],
+    last: dict[str, Any],
+    history: list[dict],
+    wall: float,
+) -> dict[str, Any]:
+    # Q2L (main_mlc.py) and ASL (train.py) evaluate the model and its EMA every epoch and report
+    # the best epoch of the better of the two; the top level is that epoch (as best.pt holds
+    # it), "best" and "last" hold both epochs in full.
+    train_seconds = sum(r["seconds"] for r in history)
+    train_images = sum(r["images_per_s"] * r["seconds"] for r in history)
+    top = {k: v for k, v in best.items() if k != "epoch"}
+    return {
+        **top,
+        "best": best,
+        "last": last,
         "dataset": cfg.data.dataset,
         "embedded": cfg.data.is_embedded,
         "split": cfg.data.split("val"),
@@ -718,6 +761,7 @@ def evaluate_checkpoint(
         **metrics,
         "checkpoint": str(ckpt_path),
         "weights": which,
+        "epoch": state.get("epoch"),  # best.pt: the best epoch (metrics.json "best")
         "dataset": cfg.data.dataset,
         "split": cfg.data.split("val"),
         "image_size": cfg.data.image_size,

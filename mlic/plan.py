@@ -73,6 +73,9 @@ class Setting:
     backbone: str  # "resnet" | "resnest"
     head: str  # "gap" | "transformer" | "dual"
     feeds: tuple[Feed, ...]
+    # The dual head's BatchFormerV2 branch: "separate" (the official layer, the presets'
+    # default) or "shared" (encoder layer 0's weights reused; the paper's other reading).
+    batchformer: str = "separate"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -116,6 +119,17 @@ SETTINGS: tuple[Setting, ...] = (
         (Feed("table2", "q2l-r101"),),
     ),
     Setting("coco576-resnest-dual", "coco", 576, "resnest", "dual", (Feed("table2", "ours"),)),
+    # Beyond the paper: Table 4's last column with the other reading of the BatchFormerV2 branch,
+    # so the table shows whether the choice matters.
+    Setting(
+        "coco448-resnest-dual-shared",
+        "coco",
+        448,
+        "resnest",
+        "dual",
+        (Feed("table4", "resnest-dual-shared"),),
+        batchformer="shared",
+    ),
     Setting("voc448-resnet-gap", "voc", 448, "resnet", "gap", (Feed("table3", "resnet101"),)),
     Setting("voc448-resnest-dual", "voc", 448, "resnest", "dual", (Feed("table3", "ours"),)),
 )
@@ -152,6 +166,8 @@ def _planned(setting: Setting, family: str, seed: int | None) -> PlannedRun:
         "model.backbone": fam.backbones[setting.backbone],
         "model.head": setting.head,
     }
+    if setting.head == "dual":
+        overrides["model.batchformer"] = setting.batchformer
     if seed is not None:
         overrides["train.seed"] = seed
     preset = fam.presets[f"{setting.dataset}{setting.paper_size}"]

@@ -36,6 +36,13 @@ OURS = "coco448-resnest-dual"  # the run behind Figures 5 and 6
 FIGURE_SIZE = (6.4, 4.0)  # inches
 FIGURE_DPI = 100
 PAPER, THIS = "paper", "this replication"
+# This replication's numbers are those of the best epoch of max(model, EMA), as Query2Label
+# (main_mlc.py) and ASL (train.py) report; the CSVs add the last epoch (a column of its own).
+BEST, LAST = f"{THIS}, best epoch", f"{THIS}, last epoch"
+EPOCH_NOTE = (
+    "This replication: the best epoch of max(model, EMA) mAP of each run, as Query2Label and ASL "
+    "report it; the CSV also gives the last epoch."
+)
 
 
 # --------------------------------------------------------------------------- reading records
@@ -61,15 +68,21 @@ class RunRecord:
 
     @property
     def map(self) -> float:
+        """The best epoch's mAP (metrics.json's top level is the best epoch)."""
         return float(self.metrics["map"])
+
+    @property
+    def last_map(self) -> float:
+        return float(self.metrics["last"]["map"])
 
     @property
     def seed(self) -> Any:
         return self.get("train.seed")
 
-    def per_class_ap(self) -> dict[str, float]:
+    def per_class_ap(self, epoch: str = "best") -> dict[str, float]:
+        """Per-class AP of the best (top level) or the last epoch ("last")."""
         path = self.path / "metrics.json"
-        ap = self.metrics.get("per_class_ap")
+        ap = (self.metrics if epoch == "best" else self.metrics["last"]).get("per_class_ap")
         if not isinstance(ap, dict):
             raise DataError(f"{path}: 'per_class_ap' is missing or not a mapping of class to AP")
         out = {}
@@ -117,6 +130,12 @@ def read_run(run_dir: Path) -> tuple[RunRecord | None, str]:
         return None, "metrics.json is not marked complete"
     if not _is_number(metrics.get("map")):
         raise DataError(f"{metrics_path}: 'map' = {metrics.get('map')!r} is not a number")
+    if not all(isinstance(metrics.get(k), dict) for k in ("best", "last")):
+        # Written before metrics.json held the best epoch: its top level is the last epoch.
+        return None, "metrics.json has no best/last epoch record (an older mlic); train it again"
+    for key in ("best", "last"):
+        if not _is_number(metrics[key].get("map")):
+            raise DataError(f"{metrics_path}: '{key}.map' is not a number")
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise DataError(f"{config_path}: missing (metrics.json says the run is complete)")
@@ -298,9 +317,10 @@ def _comparison_table(
                 "Method": row.label,
                 "Resolution": f"{row.resolution}×{row.resolution}",
                 f"mAP, {PAPER}": row.map.value,
-                f"mAP, {THIS}": s.mean,
+                f"mAP, {BEST}": s.mean,
                 "std": s.std,
                 "n": s.n,
+                f"mAP, {LAST}": _summary(records, lambda r: r.last_map).mean,
                 "Difference": _diff(s.mean, row.map.value),
                 "Runs": s.runs if row.key in feeding else "not run by this project",
                 "_paper_text": row.map.text,
@@ -309,12 +329,14 @@ def _comparison_table(
     df = pd.DataFrame(out)
     size = f"{rows[0].resolution} px"
     df.attrs["title"] = title
-    df.attrs["summaries"] = {f"mAP, {THIS}": ("std", "n")}
+    df.attrs["summaries"] = {f"mAP, {BEST}": ("std", "n")}
+    df.attrs["csv_only"] = [f"mAP, {LAST}"]
     df.attrs["caption"] = _describe(used, collected.family, paper_data, size)
     df.attrs["notes"] = [
         "mAP in %; the paper's numbers from mlic/paper.py "
         f"({rows[0].map.source.split(' (')[0]}). Rows this project does not run keep an "
-        "empty cell. Q2L-R101 here is ResNet + Transformer head trained with this recipe."
+        "empty cell. Q2L-R101 here is ResNet + Transformer head trained with this recipe. "
+        + EPOCH_NOTE
     ]
     df.attrs["missing"] = _missing_line(collected, list(feeding.values()))
     return df
@@ -335,10 +357,18 @@ def _table3(collected: Collected) -> tuple[pd.DataFrame, pd.DataFrame]:
     per_class = {
         key: [r.per_class_ap() for r in records] for key, records in ours.items()
     }  # key -> list over seeds of {class: AP}
+    per_class_last = {key: [r.per_class_ap("last") for r in rs] for key, rs in ours.items()}
 
-    def class_summary(key: str, cls: str) -> Summary:
-        values = [ap.get(cls, math.nan) for ap in per_class[key]]
+    def class_summary(key: str, cls: str, epoch: str = "best") -> Summary:
+        aps = per_class[key] if epoch == "best" else per_class_last[key]
+        values = [ap.get(cls, math.nan) for ap in aps]
         return Summary.of(values, [r.name for r in ours[key]])
+
+    def last_mean(key: str, cls: str | None) -> float:
+        """The last epoch's mean over seeds: mAP (cls None) or one class's AP (CSV only)."""
+        if cls is None:
+            return _summary(ours[key], lambda r: r.last_map).mean
+        return class_summary(key, cls, "last").mean
 
     # Block 1: the paper's VOC table, this replication's numbers where the classes are VOC's.
     own_names: list[str] = []
@@ -352,22 +382,27 @@ def _table3(collected: Collected) -> tuple[pd.DataFrame, pd.DataFrame]:
         for key, label, _ in paper.TABLE3_METHODS:
             out[f"{label}, {PAPER}"] = paper.TABLE3[row][key].value
         for key in ("resnet101", "ours"):
+            last = math.nan
             if row == "mAP":
                 s = _summary(ours[key], lambda r: r.map)
+                last = last_mean(key, None)
             elif row in voc_names:
                 s = class_summary(key, voc_names[row])
+                last = last_mean(key, voc_names[row])
             else:
                 s = Summary(math.nan, math.nan, 0, "")
-            out[f"{labels[key]}, {THIS}"] = s.mean
-            out[f"{labels[key]}, {THIS}, std"] = s.std
-            out[f"{labels[key]}, {THIS}, n"] = s.n
+            out[f"{labels[key]}, {BEST}"] = s.mean
+            out[f"{labels[key]}, {BEST}, std"] = s.std
+            out[f"{labels[key]}, {BEST}, n"] = s.n
+            out[f"{labels[key]}, {LAST}"] = last
             out[f"{labels[key]}, difference"] = _diff(s.mean, paper.TABLE3[row][key].value)
         rows.append(out)
     paper_block = pd.DataFrame(rows)
     paper_block.attrs["summaries"] = {
-        f"{labels[k]}, {THIS}": (f"{labels[k]}, {THIS}, std", f"{labels[k]}, {THIS}, n")
+        f"{labels[k]}, {BEST}": (f"{labels[k]}, {BEST}, std", f"{labels[k]}, {BEST}, n")
         for k in ("resnet101", "ours")
     }
+    paper_block.attrs["csv_only"] = [f"{labels[k]}, {LAST}" for k in ("resnet101", "ours")]
 
     # Block 2: this replication's per-class AP under its own class names.
     rows = []
@@ -377,13 +412,15 @@ def _table3(collected: Collected) -> tuple[pd.DataFrame, pd.DataFrame]:
         for key in ("resnet101", "ours"):
             s = _summary(ours[key], lambda r: r.map) if cls == "mAP" else class_summary(key, cls)
             means[key] = s.mean
-            out[f"{labels[key]}, {THIS}"] = s.mean
-            out[f"{labels[key]}, {THIS}, std"] = s.std
-            out[f"{labels[key]}, {THIS}, n"] = s.n
+            out[f"{labels[key]}, {BEST}"] = s.mean
+            out[f"{labels[key]}, {BEST}, std"] = s.std
+            out[f"{labels[key]}, {BEST}, n"] = s.n
+            out[f"{labels[key]}, {LAST}"] = last_mean(key, None if cls == "mAP" else cls)
         out["Ours - ResNet"] = _diff(means["ours"], means["resnet101"])
         rows.append(out)
     own_block = pd.DataFrame(rows)
     own_block.attrs["summaries"] = paper_block.attrs["summaries"]
+    own_block.attrs["csv_only"] = paper_block.attrs["csv_only"]
 
     used = ours["resnet101"] + ours["ours"]
     embedded = bool(used) and all(not r.get("data.root") for r in used)
@@ -401,6 +438,8 @@ def _table3(collected: Collected) -> tuple[pd.DataFrame, pd.DataFrame]:
             if embedded
             else "Class rows are filled where this replication's class names are VOC's."
         )
+        + " "
+        + EPOCH_NOTE
     ]
     paper_block.attrs["missing"] = _missing_line(collected, list(feeding.values()))
     own_block.attrs["title"] = "Table 3 (second block). This replication's AP per class (%)"
@@ -419,42 +458,64 @@ def _table4(collected: Collected) -> pd.DataFrame:
     rows = []
     used: list[RunRecord] = []
     summaries = {}
-    for col in paper.TABLE4:
-        records = collected.records.get(feeding[col.key], [])
+    last: dict[str, float] = {}
+    # The paper's four columns, then the settings beyond the paper (no paper number).
+    beyond = [key for key in feeding if key not in {c.key for c in paper.TABLE4}]
+    for key in [c.key for c in paper.TABLE4] + beyond:
+        records = collected.records.get(feeding[key], [])
         used += records
-        summaries[col.key] = _summary(records, lambda r: r.map)
+        summaries[key] = _summary(records, lambda r: r.map)
+        last[key] = _summary(records, lambda r: r.last_map).mean
     base_key = "resnet-transformer"  # the paper's gains in §2.3 are over this column
     base = next(c.map.value for c in paper.TABLE4 if c.key == base_key)
-    for col in paper.TABLE4:
-        s = summaries[col.key]
+    columns = [(c.key, c.backbone, c.head, c.map.value, c.map.text) for c in paper.TABLE4]
+    columns += [(key, *BEYOND_TABLE4[key], math.nan, "") for key in beyond]
+    for key, backbone, head, paper_value, paper_text in columns:
+        s = summaries[key]
         rows.append(
             {
-                "Backbone": "ResNeSt" if col.backbone == "resnest" else "ResNet",
-                "Head": "dual-branch Transformer" if col.head == "dual" else "Transformer",
-                f"mAP, {PAPER}": col.map.value,
-                f"mAP, {THIS}": s.mean,
+                "Backbone": "ResNeSt" if backbone == "resnest" else "ResNet",
+                "Head": HEAD_LABELS.get(head, head),
+                f"mAP, {PAPER}": paper_value,
+                f"mAP, {BEST}": s.mean,
                 "std": s.std,
                 "n": s.n,
-                "Difference": _diff(s.mean, col.map.value),
-                "Gain over ResNet + Transformer (paper)": col.map.value - base,
+                f"mAP, {LAST}": last[key],
+                "Difference": _diff(s.mean, paper_value),
+                "Gain over ResNet + Transformer (paper)": _diff(paper_value, base),
                 "Gain over ResNet + Transformer (this replication)": _diff(
                     s.mean, summaries[base_key].mean
                 ),
                 "Runs": s.runs,
-                "_paper_text": col.map.text,
+                "_paper_text": paper_text,
             }
         )
     df = pd.DataFrame(rows)
-    df.attrs["summaries"] = {f"mAP, {THIS}": ("std", "n")}
+    df.attrs["summaries"] = {f"mAP, {BEST}": ("std", "n")}
+    df.attrs["csv_only"] = [f"mAP, {LAST}"]
     df.attrs["title"] = "Table 4. Ablation on COCO 2014 at 448×448: backbone × head, mAP (%)"
     df.attrs["caption"] = _describe(used, collected.family, "COCO 2014", "448 px")
     df.attrs["notes"] = [
         "The paper's numbers from mlic/paper.py (Table 4; its column 2 lost the ResNeSt check "
-        "mark in the text extraction, restored from §2.3). Gains are differences of means.",
+        "mark in the text extraction, restored from §2.3). Gains are differences of means. "
+        + EPOCH_NOTE,
+        "The dual-branch rows use the official BatchFormerV2 layer (model.batchformer: "
+        "separate). The last row goes beyond the paper: the same model with the branch reusing "
+        "encoder layer 0's weights (shared), the paper's other reading (README, Deviations); "
+        "the paper has no number for it.",
         paper.table4_discrepancy_note(),
     ]
     df.attrs["missing"] = _missing_line(collected, list(feeding.values()))
     return df
+
+
+# Table 4 rows beyond the paper: cell key -> (backbone, head label key).
+BEYOND_TABLE4 = {"resnest-dual-shared": ("resnest", "dual-shared")}
+HEAD_LABELS = {
+    "transformer": "Transformer",
+    "dual": "dual-branch Transformer",
+    "dual-shared": "dual-branch Transformer, branch sharing encoder layer 0 (beyond the paper)",
+}
 
 
 def build_tables(runs_dir: Path, family: str = "embedded") -> dict[str, pd.DataFrame]:
@@ -492,7 +553,7 @@ def _tables(collected: Collected) -> dict[str, pd.DataFrame]:
 def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Strings for Markdown: mean ± std (n) in one cell, paper numbers as printed, 2 decimals."""
     merged: dict[str, tuple[str, str]] = df.attrs.get("summaries", {})
-    hidden = {c for pair in merged.values() for c in pair}
+    hidden = {c for pair in merged.values() for c in pair} | set(df.attrs.get("csv_only", []))
     out = pd.DataFrame(index=df.index)
     for column in df.columns:
         if column.startswith("_") or column in hidden:

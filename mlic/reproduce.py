@@ -106,13 +106,23 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], l
         ) from None
 
 
+def notebook_path(path: Path) -> str:
+    """A path as a notebook parameter: relative to the repository root (papermill runs there)
+    when inside it, so an executed notebook in results/executed/ names no machine's folders."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def train_one(run_name: str, preset: str, overrides: list[str], results: Path) -> None:
     """One planned run through the training notebook (also the entry point of GPU workers)."""
     run_dir = results / "runs" / run_name
     execute_notebook(
         TRAIN_NOTEBOOK,
         results / "executed" / f"train-{run_name}.ipynb",
-        {"preset": preset, "overrides": list(overrides), "run_dir": str(run_dir.resolve())},
+        {"preset": preset, "overrides": list(overrides), "run_dir": notebook_path(run_dir)},
         label=f"run {run_name}",
     )
 
@@ -125,8 +135,12 @@ def reproduce(
     seeds: int = 1,
     overrides: Sequence[str] = (),
     gpus: int | None = None,
+    retrain: bool = False,
 ) -> None:
-    """Train what is missing, then rebuild tables and figures (written under `results`)."""
+    """Train what is missing, then rebuild tables and figures (written under `results`).
+
+    `retrain=True` deletes every planned run's record and trains it again from scratch (a fresh
+    clone's committed records are complete, so without it nothing is trained)."""
     results = Path(results).resolve()
     plan = runs(family, seeds=seeds, only=list(only) if only else None)
     todo = []
@@ -134,10 +148,13 @@ def reproduce(
         ovr = run_overrides(run, family, data_root, overrides)
         run_dir = results / "runs" / run.name
         matches = recorded_config_matches(run_dir, run.preset, ovr)
-        if matches and read_metrics(run_dir) is not None:
+        if retrain and run_dir.exists():
+            print(f"[retrain] {run.name}: deleting its record to train it again", flush=True)
+            shutil.rmtree(run_dir)
+        elif matches and read_metrics(run_dir) is not None:
             print(f"[skip] {run.name}: complete run record with the same configuration", flush=True)
             continue
-        if matches is False:
+        elif matches is False:
             # A record of another configuration (the plan or the preset changed): retrain.
             print(f"[redo] {run.name}: its record was made with another configuration", flush=True)
             shutil.rmtree(run_dir)
@@ -191,14 +208,18 @@ def build_outputs(results: Path, family: str) -> None:
         execute_notebook(
             NOTEBOOKS / name,
             results / "executed" / name,
-            {"results": str(results), "family": family, "out_dir": str(results)},
+            {
+                "results": notebook_path(results),
+                "family": family,
+                "out_dir": notebook_path(results),
+            },
             label=f"report {name}",
         )
     # The walkthrough with the trained model of the plan (its best checkpoint, when on disk).
     execute_notebook(
         NOTEBOOKS / "walkthrough.ipynb",
         results / "executed" / "walkthrough.ipynb",
-        {"run_dir": str(results / "runs" / "coco448-resnest-dual")},
+        {"run_dir": notebook_path(results / "runs" / "coco448-resnest-dual")},
         label="walkthrough",
     )
     if family == "embedded" and results == (REPO_ROOT / "results").resolve():

@@ -177,3 +177,29 @@ def test_the_engine_imports_without_the_annotation_libraries(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+def test_ap_interpolation_measures_a_non_negative_gap():
+    spec = importlib.util.spec_from_file_location("ap_interpolation", BENCH / "ap_interpolation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import numpy as np
+
+    from mlic.metrics import average_precision
+
+    # Ranked labels 1, 0, 0, 1, 1: precision at the positives 1, 2/4, 3/5 (non-interpolated
+    # 70.0); the envelope lifts 2/4 to 3/5 (interpolated 73.33).
+    scores = np.array([[0.9], [0.8], [0.7], [0.6], [0.5]])
+    targets = np.array([[1], [0], [0], [1], [1]], dtype=bool)
+    assert average_precision(scores, targets)[0] == pytest.approx(70.0)
+    assert module.interpolated_ap(scores, targets)[0] == pytest.approx(100 * (1 + 0.6 + 0.6) / 3)
+    assert module.class_frequencies().sum() == pytest.approx(2.9)
+    probs, labels = module.make_problem(500, 3.0, seed=0)
+    gap = module.interpolated_ap(probs, labels) - average_precision(probs, labels)
+    assert (gap >= -1e-9).all() and gap.max() > 0
+
+    proc = _run("ap_interpolation.py", "--images", "300", "--seeds", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| 300 |")]
+    assert len(rows) == len(module.SEPARATIONS)
+    assert all(float(r.split("|")[5].strip()) >= 0 for r in rows)

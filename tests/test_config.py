@@ -32,6 +32,26 @@ def test_paper_presets_follow_the_paper():
     assert load_config("paper-voc-448").data.split("val") == "test"
 
 
+def test_paper_presets_follow_query2label_where_the_paper_is_silent():
+    # Query2Label's published command: AdamW, weight decay 1e-2 on every parameter.
+    for name in ("paper-coco-448", "paper-coco-576", "paper-voc-448"):
+        t = load_config(name).train
+        assert t.weight_decay == pytest.approx(1e-2) and t.weight_decay_exempt == "none"
+    # the exemptions stay available; the dataclass default keeps the previous behaviour
+    assert Config().train.weight_decay_exempt == "norm_bias_queries"
+    cfg = load_config("paper-coco-448", ["train.weight_decay_exempt=norm_bias"])
+    assert cfg.train.weight_decay_exempt == "norm_bias"
+
+
+def test_every_dual_head_preset_uses_the_official_batchformer_layer():
+    duals = [n for n in preset_names() if load_config(n).model.head == "dual"]
+    assert {"embedded", "paper-coco-448", "paper-coco-576", "paper-voc-448"} <= set(duals)
+    for name in duals:
+        assert load_config(name).model.batchformer == "separate", name
+    assert Config().model.batchformer == "separate"
+    assert load_config("embedded", ["model.batchformer=shared"]).model.batchformer == "shared"
+
+
 def test_overrides_are_parsed_by_type():
     cfg = load_config(
         "embedded",
@@ -66,6 +86,9 @@ def test_papermill_style_values_are_converted():
         ("model.head=mlp", "model.head"),
         ("data.randaugment=maybe", "data.randaugment"),
         ("train.lr=fast", "train.lr"),
+        ("train.weight_decay_exempt=bias", "train.weight_decay_exempt"),
+        ("train.weight_decay=-0.01", "train.weight_decay"),
+        ("model.batchformer=both", "model.batchformer"),
         ("noequals", "noequals"),
     ],
 )

@@ -57,7 +57,20 @@ def test_run_record_is_complete(finished_run):
     assert saved["complete"] is True
     assert saved["weights"] in ("model", "ema")
     assert saved["map"] == max(saved["map_model"], saved["map_ema"])
-    assert saved["map"] == pytest.approx(history.iloc[-1][["map", "map_ema"]].max(), abs=1e-3)
+    # The top level is the best epoch of max(model, EMA), as Query2Label and ASL report it;
+    # "best" and "last" hold both epochs in full.
+    per_epoch = history[["map", "map_ema"]].max(axis=1)
+    best, last = saved["best"], saved["last"]
+    assert best["epoch"] == int(history["epoch"][per_epoch.idxmax()])
+    assert saved["map"] == best["map"] == pytest.approx(per_epoch.max(), abs=1e-3)
+    assert last["epoch"] == 2 and last["map"] == pytest.approx(per_epoch.iloc[-1], abs=1e-3)
+    for record in (best, last):
+        assert record["weights"] in ("model", "ema")
+        assert record["map"] == max(record["map_model"], record["map_ema"])
+        assert {"cf1", "of1", "cp_top3", "per_class_ap", "num_images"} <= set(record)
+    assert {k: v for k, v in best.items() if k != "epoch"} == {
+        k: saved[k] for k in best if k != "epoch"
+    }
     assert saved["num_images"] == 32 and saved["epochs"] == 2
     assert len(saved["per_class_ap"]) >= 20
     for key in ("versions", "git_commit", "device", "seed", "image_size", "dataset"):
@@ -141,11 +154,40 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 
 
 def test_evaluate_checkpoint_reproduces_the_run(finished_run):
+    # `mlic evaluate RUN` loads best.pt: exactly the best epoch's weights and mAP.
     _, run_dir, metrics = finished_run
     again = evaluate_checkpoint(run_dir, device="cpu")
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert again["num_images"] == metrics["num_images"]
-    assert again["map"] == pytest.approx(best["map"], abs=1e-9)
+    assert again["map"] == metrics["best"]["map"] == metrics["map"] == best["map"]
+    assert again["per_class_ap"] == metrics["best"]["per_class_ap"]
+    assert again["weights"] == metrics["best"]["weights"] == best["weights"]
+    assert best["epoch"] == metrics["best"]["epoch"] == again["epoch"]
+
+
+def test_best_is_the_best_epoch_not_the_last(tiny_embedded_root, tmp_path, monkeypatch):
+    """Epoch 1 is made to look best (its mAP raised by 50 points): metrics.json's top level and
+    "best" are epoch 1, "last" is epoch 2, and best.pt holds epoch 1's weights."""
+    import mlic.engine as engine
+
+    real_evaluate = engine.evaluate
+    calls = {"n": 0}
+
+    def evaluate(model, dataset, cfg, rt, progress=False):
+        calls["n"] += 1  # two calls per epoch: model, then EMA
+        out = real_evaluate(model, dataset, cfg, rt, progress)
+        return {**out, "map": out["map"] + 50.0} if calls["n"] <= 2 else out
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    metrics = fit(tiny_config(tiny_embedded_root, "train.epochs=2"), tmp_path, progress=False)
+    assert metrics["best"]["epoch"] == 1 and metrics["last"]["epoch"] == 2
+    assert metrics["map"] == metrics["best"]["map"] > 50.0 > metrics["last"]["map"]
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["epoch"] == 1
+    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    again = evaluate_checkpoint(tmp_path, device="cpu")
+    assert again["map"] == pytest.approx(metrics["best"]["map"] - 50.0, abs=1e-9)
+    assert again["per_class_ap"] == metrics["best"]["per_class_ap"]  # epoch 1's weights
+    assert again["per_class_ap"] != metrics["last"]["per_class_ap"]
 
 
 def test_bad_checkpoints_are_refused(finished_run, tmp_path):
@@ -241,3 +283,43 @@ def test_torchrun_two_processes_count_every_image_once(tiny_embedded_root, tmp_p
     assert single["num_images"] == 31
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["history"][-1]["map"] == pytest.approx(single["map"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("exempt", "decayed_1d", "decayed_queries"),
+    [("none", True, True), ("norm_bias", False, True), ("norm_bias_queries", False, False)],
+)
+def test_weight_decay_exemption_policies(exempt, decayed_1d, decayed_queries):
+    from mlic.engine import param_groups
+    from mlic.models import build_model
+
+    model = build_model("resnet10t", "dual", 5, d_model=32, dim_feedforward=64)
+    groups = param_groups(model, 0.01, exempt)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    everything = [p for g in groups for p in g["params"]]
+    assert len(everything) == len({id(p) for p in everything}) == len(list(model.parameters()))
+    named = dict(model.named_parameters())
+    one_d = [p for n, p in named.items() if p.ndim == 1 or n.endswith(".bias")]
+    queries = [p for n, p in named.items() if "query_embed" in n]
+    assert one_d and queries
+    assert all((id(p) in decayed) == decayed_1d for p in one_d)
+    assert all((id(p) in decayed) == decayed_queries for p in queries)
+    assert all(id(p) in decayed for n, p in named.items() if p.ndim > 1 and "embed" not in n)
+    if exempt == "none":
+        assert len(groups) == 1 and groups[0]["weight_decay"] == 0.01
+
+
+def test_a_checkpoint_without_the_best_record_is_refused_on_resume(finished_run, tmp_path):
+    import shutil
+
+    cfg, run_dir, _ = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    state = load_checkpoint(copy / "checkpoints" / "last.pt")
+    del state["best"]  # as written before metrics.json held the best epoch
+    save_checkpoint(
+        copy / "checkpoints" / "last.pt", {k: v for k, v in state.items() if k != "format"}
+    )
+    with pytest.raises(MlicError, match="older mlic") as info:
+        fit(cfg, copy, resume=True, progress=False)
+    assert "\n" not in str(info.value)

@@ -35,10 +35,12 @@ def test_environment_yml_matches_pyproject():
             conda.append(dep)
     have = _pins(pip)
     for dep in conda:
+        if dep == "pip" or re.match(r"python(?![\w-])", dep):
+            continue  # the interpreter's range is compared below
         name, _, version = dep.partition("=")
-        if name in ("python", "pip"):
-            continue
         assert version, f"environment.yml: {dep} is not pinned"
         have[name.lower()] = version
     assert have == wanted
-    assert any(d.startswith("python=3.11") for d in conda)
+    # The same Python range as requires-python.
+    python = [d for d in conda if d.startswith("python")]
+    assert python == [f"python{project['requires-python']}"]

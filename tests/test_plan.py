@@ -19,6 +19,7 @@ NAMES = [
     "coco448-resnest-dual",
     "coco576-resnet-transformer",
     "coco576-resnest-dual",
+    "coco448-resnest-dual-shared",
     "voc448-resnet-gap",
     "voc448-resnest-dual",
 ]
@@ -34,7 +35,8 @@ def test_the_runs_and_the_cells_they_feed(family):
     assert fed(family, "table1") == {"resnet101", "q2l-r101", "ours"}
     assert fed(family, "table2") == {"q2l-r101", "ours"}
     assert fed(family, "table3") == {"resnet101", "ours"}
-    assert fed(family, "table4") == {c.key for c in TABLE4}
+    # the paper's 2 x 2, and one row beyond it: the other reading of the BatchFormerV2 branch
+    assert fed(family, "table4") == {c.key for c in TABLE4} | {"resnest-dual-shared"}
     assert fed(family, "figures") == {"figure5", "figure6"}
     # every fed cell is a row of the paper's table
     assert fed(family, "table1") <= {r.key for r in TABLE1}
@@ -65,7 +67,20 @@ def test_the_table4_columns_are_the_2x2_of_backbone_and_head():
     for run in runs("paper", only="table4"):
         column = next(f.cell for f in run.feeds if f.table == "table4")
         s = setting(run.name)
-        assert column == f"{s.backbone}-{s.head}"
+        suffix = "-shared" if s.batchformer == "shared" else ""
+        assert column == f"{s.backbone}-{s.head}{suffix}"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_dual_runs_name_their_batchformer_branch(family):
+    for run in runs(family):
+        cfg = load_config(run.preset, run.overrides)
+        if cfg.model.head != "dual":
+            assert "model.batchformer" not in run.overrides
+            continue
+        want = "shared" if run.name == "coco448-resnest-dual-shared" else "separate"
+        assert run.overrides["model.batchformer"] == want == cfg.model.batchformer
+        assert expected_config(run.setting, family)["model.batchformer"] == want
 
 
 def test_paper_family_uses_the_paper_presets_and_sizes():
@@ -105,7 +120,7 @@ def test_seeds_repeat_every_setting():
 
 def test_only_filters_by_table():
     assert [r.name for r in runs("embedded", only="figures")] == ["coco448-resnest-dual"]
-    assert len(runs("embedded", only="table4")) == 4
+    assert len(runs("embedded", only="table4")) == 5
     assert {r.name for r in runs("paper", only=["table2", "table3"])} == {
         "coco576-resnet-transformer",
         "coco576-resnest-dual",

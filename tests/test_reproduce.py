@@ -95,3 +95,45 @@ def test_a_broken_metrics_file_stops_the_skip_check_with_its_name(tmp_path, cont
         is_complete(run_dir, run.preset, overrides)
     assert str(run_dir / "metrics.json") in str(info.value) and message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def _complete_record(results, run, overrides):
+    run_dir = results / "runs" / run.name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(load_config(run.preset, overrides).to_yaml())
+    (run_dir / "metrics.json").write_text(json.dumps({"map": 1.0, "complete": True}))
+    return run_dir
+
+
+@pytest.mark.parametrize("retrain", [False, True])
+def test_retrain_trains_runs_whose_records_are_complete(tmp_path, monkeypatch, retrain):
+    # A fresh clone holds complete records of every run: plain reproduce trains nothing and only
+    # rebuilds the report; --retrain deletes the records and trains every planned run.
+    import mlic.reproduce as reproduce
+
+    trained, built = [], []
+    monkeypatch.setattr(reproduce, "train_one", lambda name, *a: trained.append(name))
+    monkeypatch.setattr(reproduce, "build_outputs", lambda *a: built.append(a))
+    planned = runs("embedded", only="table4")
+    dirs = [_complete_record(tmp_path, r, run_overrides(r, "embedded", None, [])) for r in planned]
+    reproduce.reproduce("embedded", results=tmp_path, only=["table4"], retrain=retrain)
+    assert trained == ([r.name for r in planned] if retrain else [])
+    assert all(d.exists() != retrain for d in dirs)  # records deleted before retraining
+    assert len(built) == 1
+
+
+def test_notebook_parameters_are_repository_relative(tmp_path, monkeypatch):
+    import mlic.reproduce as reproduce
+
+    seen = []
+    monkeypatch.setattr(
+        reproduce, "execute_notebook", lambda nb, out, params, label: seen.append(params)
+    )
+    reproduce.train_one("demo", "embedded", [], reproduce.REPO_ROOT / "results")
+    reproduce.build_outputs(reproduce.REPO_ROOT / "results", "paper")
+    assert seen[0]["run_dir"] == "results/runs/demo"
+    assert seen[1]["results"] == seen[1]["out_dir"] == "results"
+    assert seen[-1]["run_dir"] == "results/runs/coco448-resnest-dual"
+    # outside the repository there is no relative form: the absolute path is kept
+    reproduce.train_one("demo", "embedded", [], tmp_path)
+    assert seen[-1]["run_dir"] == str((tmp_path / "runs" / "demo").resolve())

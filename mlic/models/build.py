@@ -150,14 +150,14 @@ def build_model(
     num_decoder_layers: int = 2,
     dim_feedforward: int = 8192,
     dropout: float = 0.1,
-    batchformer: Literal["shared", "separate"] = "shared",
+    batchformer: Literal["shared", "separate"] = "separate",
 ) -> MultiLabelClassifier:
     """Build a model of the paper's family (defaults: the Q2L / paper head at d_model 2048).
 
     ``head``: "gap" (pool + linear), "transformer" (Query2Label), "dual" (Query2Label +
-    BatchFormerV2 branch in training; ``batchformer`` "shared" = the paper's weight-sharing
-    reading, "separate" = the official BatchFormerV2 layer). Transformer options are ignored
-    for "gap". A ``pretrained_file`` is loaded whatever ``pretrained`` says.
+    BatchFormerV2 branch in training; ``batchformer`` "separate" = the official BatchFormerV2
+    layer (default), "shared" = encoder layer 0's weights reused, the paper's other reading).
+    Transformer options are ignored for "gap". A ``pretrained_file`` is loaded whatever ``pretrained`` says.
     Build on the meta device (``with torch.device("meta"):``) to count parameters cheaply.
     """
     if head not in HEADS:

@@ -101,14 +101,16 @@ class TransformerEncoder(nn.Module):
 
     ``batchformer``:
       * ``"none"`` - the Q2L encoder.
-      * ``"shared"`` - the paper's reading (§1: the BatchFormerV2 encoder is obtained "by
+      * ``"shared"`` - one reading of the paper (§1: the BatchFormerV2 encoder is obtained "by
         sharing" the Transformer encoder; §1.2, eq. (2): "送入共享的 Transformer 模块"; text of
         Fig. 4: "两个分支共享 Transformer Encoder 模块"): the batch attention IS encoder layer 0,
         its weights (and dropout) applied a second time, now along the batch axis, to layer 0's
         output. Stream 2 = enc0_batch(enc0_spatial(x)); no parameter is added. (The official
         code's ``share_bf`` flag is something else: one BatchFormer layer shared between
         insertion points.)
-      * ``"separate"`` - the official BatchFormerV2 code: its own
+      * ``"separate"`` (the presets' default) - the official BatchFormerV2 code, and the other
+        reading of the paper (Fig. 4's text: a BatchFormerV2 module is "added" in the branch,
+        deleted at inference "to avoid extra parameters"): its own
         ``TransformerEncoderLayer(d, nhead=4, dim_feedforward=d, dropout=0.5)`` (post-norm,
         ReLU), trained with the model and not needed at inference.
 
