@@ -491,21 +491,58 @@ EFFECTS = (
 )
 
 
+def _planned_effects() -> list[tuple[str, str, str, str, str]]:
+    planned = {s.name for s in SETTINGS}
+    return [e for e in EFFECTS if e[1] in planned and e[2] in planned]
+
+
+def _effect_columns(e: Any, better_a: str, better_b: str) -> dict[str, Any]:
+    """The cells of one paired effect (mlic.effects.PairedEffect)."""
+    from mlic.effects import CONFIDENCE
+
+    ci = f"{CONFIDENCE:.0%} CI"
+    return {
+        "Mean paired difference, this replication": e.mean,
+        f"{ci}, low": e.low,
+        f"{ci}, high": e.high,
+        ci: "" if math.isnan(e.low) else f"[{e.low:+.2f}, {e.high:+.2f}]",
+        "Paired seeds": e.n,
+        "Seeds": ", ".join(map(str, e.seeds)),
+        "Verdict": e.verdict(better_a, better_b),
+    }
+
+
+def _effect_frame(
+    rows: list[dict[str, Any]], title: str, measure: str, notes: list[str]
+) -> pd.DataFrame:
+    """A table of paired effects; `measure` names what is differenced (for the note)."""
+    from mlic.effects import CONFIDENCE
+
+    ci = f"{CONFIDENCE:.0%} CI"
+    df = pd.DataFrame(rows)
+    df.attrs["csv_only"] = [f"{ci}, low", f"{ci}, high"]  # the Markdown shows "[low, high]"
+    df.attrs["markdown_only"] = [ci]
+    df.attrs["title"] = title
+    df.attrs["notes"] = [
+        f"Each difference is run A's {measure} minus run B's, trained with the same seed "
+        f"(train.seed in config.yaml); the {ci} is mean ± t(0.975, n-1) · sd / √n over the n "
+        "paired seeds (Student's t). An effect is resolved when its CI excludes 0.",
+        *notes,
+    ]
+    return df
+
+
 def _table4b(collected: Collected) -> pd.DataFrame:
     """Table 4's effects as mean differences paired by seed, with a 95 % CI (mlic.effects)."""
-    from mlic.effects import CONFIDENCE, paired_effect
+    from mlic.effects import paired_effect
 
-    planned = {s.name for s in SETTINGS}
     paper_map = {
         name: next(c.map.value for c in paper.TABLE4 if c.key == key)
         for key, name in _feeding("table4").items()
         if any(c.key == key for c in paper.TABLE4)
     }
-    ci = f"{CONFIDENCE:.0%} CI"
     rows, used, unpaired = [], [], []
-    for label, a, b, better_a, better_b in EFFECTS:
-        if a not in planned or b not in planned:
-            continue
+    for label, a, b, better_a, better_b in _planned_effects():
         by_seed = {
             name: {r.seed: r.map for r in collected.records.get(name, [])} for name in (a, b)
         }
@@ -518,30 +555,23 @@ def _table4b(collected: Collected) -> pd.DataFrame:
                 "Effect": label,
                 "A vs B": f"{a} vs {b}",
                 "Difference, paper": _diff(paper_map.get(a, math.nan), paper_map.get(b, math.nan)),
-                "Mean paired difference, this replication": e.mean,
-                f"{ci}, low": e.low,
-                f"{ci}, high": e.high,
-                ci: "" if math.isnan(e.low) else f"[{e.low:+.2f}, {e.high:+.2f}]",
-                "Paired seeds": e.n,
-                "Seeds": ", ".join(map(str, e.seeds)),
-                "Verdict": e.verdict(better_a, better_b),
+                **_effect_columns(e, better_a, better_b),
             }
         )
-    df = pd.DataFrame(rows)
-    df.attrs["csv_only"] = [f"{ci}, low", f"{ci}, high"]
-    df.attrs["markdown_only"] = [ci]
-    df.attrs["title"] = "Table 4b. Table 4's effects, paired over seeds: mAP difference (points)"
-    df.attrs["caption"] = _describe(used, collected.family, "COCO 2014", "448 px")
-    df.attrs["notes"] = [
-        "Each difference is run A's mAP minus run B's trained with the same seed (train.seed in "
-        f"config.yaml); the {ci} is mean ± t(0.975, n-1) · sd / √n over the n paired seeds "
-        "(Student's t). An effect is resolved when its CI excludes 0. The paper reports one "
-        "run per configuration: its differences have no interval."
+    notes = [
+        "mAP",
+        "The paper reports one run per configuration: its differences have no interval.",
     ]
     if unpaired:
-        notes = df.attrs["notes"]
         notes.append(f"Seeds without a partner, left out: {'; '.join(unpaired)}.")
-    settings = sorted({name for e in EFFECTS for name in e[1:3] if name in planned})
+    df = _effect_frame(
+        rows,
+        "Table 4b. Table 4's effects, paired over seeds: mAP difference (points)",
+        "mAP",
+        notes,
+    )
+    df.attrs["caption"] = _describe(used, collected.family, "COCO 2014", "448 px")
+    settings = sorted({name for e in _planned_effects() for name in e[1:3]})
     df.attrs["missing"] = _missing_line(collected, settings)
     return df
 
@@ -667,9 +697,47 @@ def _table5(collected: Collected) -> pd.DataFrame:
     return df
 
 
+def _table5_effects(collected: Collected) -> pd.DataFrame:
+    """Table 4b's effects within each size bucket: does a component help small objects more?"""
+    from mlic.effects import paired_effect
+
+    sizes = {
+        r.name: values
+        for records in collected.records.values()
+        for r in records
+        if (values := _sizes_of(r)[0]) is not None
+    }
+    rows = []
+    for label, a, b, better_a, better_b in _planned_effects():
+        for bucket in SIZE_COLUMNS:
+            by_seed = [
+                {
+                    r.seed: sizes[r.name][bucket]
+                    for r in collected.records.get(name, [])
+                    if r.name in sizes and not math.isnan(sizes[r.name][bucket])
+                }
+                for name in (a, b)
+            ]
+            e = paired_effect(*by_seed)
+            rows.append(
+                {"Effect": label, "Bucket": bucket, **_effect_columns(e, better_a, better_b)}
+            )
+    df = _effect_frame(
+        rows,
+        "Table 5 (second block). Table 4b's effects within each size bucket: mAP difference "
+        "(points)",
+        "mAP in that bucket",
+        ["Seeds whose records lack the bucket's mAP (no map_by_size, no positives) are left out."],
+    )
+    df.attrs["caption"] = ""
+    df.attrs["missing"] = ""
+    return df
+
+
 def build_tables(runs_dir: Path, family: str = "embedded") -> dict[str, pd.DataFrame]:
     """Tables 1-4 as DataFrames (numbers; NaN where missing). Keys: table1, table2, table3,
-    table3_classes, table4, table4b (effects paired over seeds), table5 (AP by object size).
+    table3_classes, table4, table4b (effects paired over seeds), table5 (AP by object size),
+    table5_effects (table4b's effects per size bucket).
     Each frame's `attrs` hold title, caption, notes and missing."""
     return _tables(collect(Path(runs_dir), family))
 
@@ -696,6 +764,7 @@ def _tables(collected: Collected) -> dict[str, pd.DataFrame]:
         "table4": _table4(collected),
         "table4b": _table4b(collected),
         "table5": _table5(collected),
+        "table5_effects": _table5_effects(collected),
     }
 
 
@@ -885,7 +954,8 @@ TABLE_FILES = ("table1", "table2", "table3", "table4", "table4b", "table5")  # t
 
 
 def build_report(runs_dir: Path, out_dir: Path, family: str = "embedded") -> dict[str, Any]:
-    """Write tables/<TABLE_FILES>.{md,csv} (+ table3_classes.csv), figures/figure{5,6}_*.png.
+    """Write tables/<TABLE_FILES>.{md,csv} (+ table3_classes.csv, table5_effects.csv) and
+    figures/figure{5,6}_*.png.
 
     Returns {"tables": {name: [paths]}, "figures": {name: path}, "missing": {run: reason},
     "skipped": {run: reason}}. Every number comes from `runs_dir` or `mlic.paper`.
@@ -900,11 +970,15 @@ def build_report(runs_dir: Path, out_dir: Path, family: str = "embedded") -> dic
         md = _block(frames[name])
         if name == "table3":
             md += "\n" + _block(frames["table3_classes"])
+        if name == "table5":
+            md += "\n" + _block(frames["table5_effects"])
         written[name] = [tables_dir / f"{name}.md", tables_dir / f"{name}.csv"]
         contents[written[name][0]] = md
         contents[written[name][1]] = _csv(frames[name])
     written["table3"].append(tables_dir / "table3_classes.csv")
     contents[written["table3"][-1]] = _csv(frames["table3_classes"])
+    written["table5"].append(tables_dir / "table5_effects.csv")
+    contents[written["table5"][-1]] = _csv(frames["table5_effects"])
     figures = {
         "figure5": figures_dir / "figure5_loss.png",
         "figure6": figures_dir / "figure6_map.png",

@@ -184,6 +184,7 @@ def test_report_files_and_byte_identical_rebuild(full, tmp_path):
         "tables/table4b.md",
         "tables/table5.csv",
         "tables/table5.md",
+        "tables/table5_effects.csv",
     ]
     first = {p: p.read_bytes() for p in files}
     for name in ("figure5", "figure6"):

@@ -157,6 +157,29 @@ def test_table5_means_over_seeds_and_states_the_rule_and_counts(tmp_path):
     assert f"{np.mean(maps) + 4:.2f} ± {np.std(maps, ddof=1):.2f} (n=3)" in md
 
 
+def test_table5_second_block_pairs_the_effects_within_each_bucket(tmp_path):
+    dirs = make_table4_runs(tmp_path / "runs", seeds=3, sizes=True)
+    # One record loses its map_by_size: its seed has no partner in any bucket of its effects.
+    gone = next(d for d in dirs if d.name == "coco448-resnet-transformer")  # seed 0
+    metrics = json.loads((gone / "metrics.json").read_text())
+    del metrics["map_by_size"]
+    (gone / "metrics.json").write_text(json.dumps(metrics))
+    effects = build_tables(tmp_path / "runs", "embedded")["table5_effects"]
+    row = effects[effects["Effect"].str.startswith("ResNeSt vs ResNet")]
+    large = row[row["Bucket"] == "large"].iloc[0]
+    x = np.array([value("coco448-resnest-transformer", s) + 4 for s in (1, 2)])
+    y = np.array([value("coco448-resnet-transformer", s) + 4 for s in (1, 2)])
+    ci = stats.ttest_rel(x, y).confidence_interval(0.95)
+    assert large["Paired seeds"] == 2 and large["Seeds"] == "1, 2"
+    assert (large["95% CI, low"], large["95% CI, high"]) == pytest.approx((ci.low, ci.high))
+    small = row[row["Bucket"] == "small"].iloc[0]  # no positives: nothing to pair
+    assert small["Paired seeds"] == 0 and small["Verdict"].startswith("no CI: 0 paired seeds")
+    md = (
+        Path(build_report(tmp_path / "runs", tmp_path / "out")["tables"]["table5"][0])
+    ).read_text()
+    assert "Table 5 (second block)" in md and f"[{ci.low:+.2f}, {ci.high:+.2f}]" in md
+
+
 def test_table5_without_map_by_size_is_an_empty_cell_with_the_reason(tmp_path):
     dirs = make_table4_runs(tmp_path / "runs", seeds=1, sizes=True)
     old = next(d for d in dirs if d.name == "coco448-resnet-dual")
