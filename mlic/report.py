@@ -1,4 +1,5 @@
-"""Tables 1-4 (Markdown + CSV) and Figures 5-6 (PNG) from run records alone.
+"""Tables 1-4 (with 4b, effects over seeds, and 5, AP by object size; Markdown + CSV) and
+Figures 5-6 (PNG) from run records alone.
 
 Data flows one way: this module reads `<runs_dir>/<run>/{config.yaml, metrics.json,
 history.csv}` (DESIGN.md, "A run record"), the paper's numbers (`mlic.paper`) and the plan
@@ -558,10 +559,7 @@ def _table4b(collected: Collected) -> pd.DataFrame:
                 **_effect_columns(e, better_a, better_b),
             }
         )
-    notes = [
-        "mAP",
-        "The paper reports one run per configuration: its differences have no interval.",
-    ]
+    notes = ["The paper reports one run per configuration: its differences have no interval."]
     if unpaired:
         notes.append(f"Seeds without a partner, left out: {'; '.join(unpaired)}.")
     df = _effect_frame(

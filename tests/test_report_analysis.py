@@ -105,6 +105,9 @@ def test_table4b_paired_differences_and_intervals_over_three_seeds(tmp_path):
     md = report._block(t4b)
     low, high = backbone["95% CI, low"], backbone["95% CI, high"]
     assert f"[{low:+.2f}, {high:+.2f}]" in md and "Student's t" in md
+    paragraphs = md.split("\n\n")
+    assert paragraphs[-2].startswith("Each difference is run A's mAP minus run B's")
+    assert paragraphs[-1].startswith("The paper reports one run per configuration")
     assert "95% CI, low" not in md  # the numeric bounds are for the CSV
     csv = pd.read_csv(
         Path(build_report(tmp_path / "runs", tmp_path / "out")["tables"]["table4b"][1])
