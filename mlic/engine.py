@@ -41,7 +41,7 @@ from mlic.distributed import (
 )
 from mlic.errors import CheckpointError, MlicError
 from mlic.losses import AsymmetricLoss
-from mlic.metrics import compute_metrics
+from mlic.metrics import compute_metrics, map_by_size
 from mlic.models import build_model_from_config
 from mlic.runrecord import (
     HISTORY_COLUMNS,
@@ -417,12 +417,29 @@ def predict(
 def evaluate(model: nn.Module, dataset, cfg: Config, rt: Runtime, progress: bool = False) -> dict:
     """The paper's mAP (eq. 3–5) and the companion metrics, in %."""
     scores, targets, ignore = predict(model, dataset, cfg, rt, progress=progress)
-    return compute_metrics(
+    metrics = compute_metrics(
         scores.numpy(),
         targets.numpy(),
         ignore=ignore.numpy().astype(bool),
         class_names=list(dataset.class_names),
     )
+    return {**metrics, **_size_metrics(dataset, scores, targets, ignore)}
+
+
+def _size_metrics(
+    dataset, scores: torch.Tensor, targets: torch.Tensor, ignore: torch.Tensor
+) -> dict[str, Any]:
+    """{"map_by_size": ...} (mlic.metrics.map_by_size) where the dataset knows its objects'
+    areas; {} for a dataset that does not. A key of every evaluation, so metrics.json carries
+    it for whichever epoch and weights it reports."""
+    areas = getattr(dataset, "largest_area_fraction", None)
+    if areas is None:
+        return {}
+    return {
+        "map_by_size": map_by_size(
+            scores.numpy(), targets.numpy(), areas, ignore=ignore.numpy().astype(bool)
+        )
+    }
 
 
 # --------------------------------------------------------------------------- fit

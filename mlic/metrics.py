@@ -26,6 +26,8 @@ Conventions (documented once here, referred to by the functions below):
   undefined or off: classes without positives are excluded from CP/CR (ML-GCN divides by zero
   for CR), and OP uses the true sum of Np (ML-GCN's clipping of Np = 0 to 1 adds one phantom
   prediction per silent class to the denominator). An F1 of 0/0 is 0.
+- **AP by object size** (`map_by_size`, beyond the paper): the AP above on a subset per size
+  bucket; the rule is written at `SIZE_BUCKETS`.
 - **Top-k** as ML-GCN's `overall_topk`: a label is predicted when it is among the image's k
   highest scores *and* passes the threshold. Ties for the k-th place go to the lower class
   index (a stable sort), so the result is deterministic.
@@ -170,6 +172,77 @@ def mean_average_precision(
     evaluated = ~np.isnan(ap)
     n = int(evaluated.sum())
     return (float(ap[evaluated].mean()) if n else math.nan), n
+
+
+# --------------------------------------------------------------------------- AP by object size
+
+# COCO's size ranges (COCOeval's areaRng): small < 32^2 px, medium < 96^2 px, large otherwise,
+# in pixels of a COCO image. We apply them to the area as a FRACTION of the image, at COCO's
+# typical image of 640 x 480: small < 32^2 / (640 * 480) = 0.33 % of the image, medium < 3 %.
+# For a 640 x 480 COCO image this is COCOeval's rule exactly; for any other size (COCO's other
+# shapes, VOC's ~500 x 375, the embedded dataset's small squares) the pixel limits scale with
+# the image's area. Why a fraction: every image is resized to S x S before the model sees it,
+# so an object's size in the network's input is its fraction of the image, whatever the file's
+# resolution. Boundaries: an area equal to a limit belongs to the larger bucket.
+SIZE_BUCKETS = ("small", "medium", "large")
+SIZE_REFERENCE_IMAGE = (640, 480)  # px: COCO's typical image, where the limits are COCO's own
+SIZE_LIMITS_PX2 = (32**2, 96**2)  # at the reference image
+SIZE_RULE = (
+    "a positive (image, class) belongs to the bucket of the class's largest instance in the "
+    "image; limits 32^2 and 96^2 px at a 640x480 image, scaled by the image's area; positives "
+    "of other buckets (or of unknown area) are left out, negatives count in every bucket"
+)
+
+
+def size_bucket(area_fraction: ArrayLike) -> np.ndarray:
+    """Bucket index per entry (0 small, 1 medium, 2 large; -1 where the area is NaN) of areas
+    given as fractions of their image (the rule above SIZE_BUCKETS)."""
+    a = np.asarray(_to_numpy(area_fraction), dtype=np.float64)
+    reference = a * float(SIZE_REFERENCE_IMAGE[0] * SIZE_REFERENCE_IMAGE[1])  # px^2 at 640x480
+    bucket = np.digitize(reference, SIZE_LIMITS_PX2, right=False)  # x < 1024 -> 0, ... >= 9216 -> 2
+    return np.where(np.isnan(a), -1, bucket).astype(np.int8)
+
+
+def map_by_size(
+    scores: ArrayLike,
+    targets: ArrayLike,
+    largest_area_fraction: ArrayLike,
+    ignore: ArrayLike | None = None,
+) -> dict[str, Any]:
+    """mAP (%) per object-size bucket, as a JSON-able dict (NaN written as None).
+
+    `largest_area_fraction` [N, K]: per image and class, the area of the class's largest
+    instance / the image's area (NaN where unknown); `SplitIndex.largest_area_fraction` gives
+    it. In bucket b, a positive whose largest instance is of another bucket is left out (as if
+    ignored), never turned into a negative; negatives and `ignore` stay as they are. Each
+    bucket's mAP averages the classes that have positives in it (`num_classes`). Keys: small,
+    medium, large ({map, num_positives, num_classes}), num_positives_without_area, rule,
+    reference_image_px, limits_px2, limits_fraction.
+    """
+    s, t, valid = _prepare(scores, targets, ignore)
+    frac = np.asarray(_to_numpy(largest_area_fraction), dtype=np.float64)
+    if frac.shape != s.shape:
+        raise ValueError(
+            f"largest_area_fraction must have the shape of scores {s.shape}; got {frac.shape}"
+        )
+    bucket = size_bucket(frac)
+    reference = SIZE_REFERENCE_IMAGE[0] * SIZE_REFERENCE_IMAGE[1]
+    out: dict[str, Any] = {}
+    for b, name in enumerate(SIZE_BUCKETS):
+        elsewhere = t & (bucket != b)  # positives of the other buckets: not ranked here
+        ap = average_precision(s, t, ~valid | elsewhere)
+        evaluated = ~np.isnan(ap)
+        out[name] = {
+            "map": _json_float(float(ap[evaluated].mean())) if evaluated.any() else None,
+            "num_positives": int((t & (bucket == b)).sum()),
+            "num_classes": int(evaluated.sum()),
+        }
+    out["num_positives_without_area"] = int((t & (bucket < 0)).sum())
+    out["rule"] = SIZE_RULE
+    out["reference_image_px"] = list(SIZE_REFERENCE_IMAGE)
+    out["limits_px2"] = list(SIZE_LIMITS_PX2)
+    out["limits_fraction"] = [limit / reference for limit in SIZE_LIMITS_PX2]
+    return out
 
 
 # --------------------------------------------------------------------------- CP CR CF1 OP OR OF1

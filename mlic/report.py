@@ -1,4 +1,5 @@
-"""Tables 1-4 (Markdown + CSV) and Figures 5-6 (PNG) from run records alone.
+"""Tables 1-4 (with 4b, effects over seeds, and 5, AP by object size; Markdown + CSV) and
+Figures 5-6 (PNG) from run records alone.
 
 Data flows one way: this module reads `<runs_dir>/<run>/{config.yaml, metrics.json,
 history.csv}` (DESIGN.md, "A run record"), the paper's numbers (`mlic.paper`) and the plan
@@ -518,9 +519,287 @@ HEAD_LABELS = {
 }
 
 
+# Table 4b: each effect of the ablation as (label, run A, run B, A better, B better); an effect
+# whose settings are not both in the plan is left out.
+EFFECTS = (
+    (
+        "ResNeSt vs ResNet backbone (Transformer head)",
+        "coco448-resnest-transformer",
+        "coco448-resnet-transformer",
+        "ResNeSt better",
+        "ResNet better",
+    ),
+    (
+        "dual-branch vs plain Transformer head (ResNet)",
+        "coco448-resnet-dual",
+        "coco448-resnet-transformer",
+        "dual-branch better",
+        "plain Transformer better",
+    ),
+    (
+        "both (ResNeSt + dual) vs neither (ResNet + Transformer)",
+        "coco448-resnest-dual",
+        "coco448-resnet-transformer",
+        "both better",
+        "neither better",
+    ),
+    (
+        "separate vs shared BatchFormerV2 encoder (ResNeSt + dual)",
+        "coco448-resnest-dual",
+        "coco448-resnest-dual-shared",
+        "separate better",
+        "shared better",
+    ),
+)
+
+
+def _planned_effects() -> list[tuple[str, str, str, str, str]]:
+    planned = {s.name for s in SETTINGS}
+    return [e for e in EFFECTS if e[1] in planned and e[2] in planned]
+
+
+def _effect_columns(e: Any, better_a: str, better_b: str) -> dict[str, Any]:
+    """The cells of one paired effect (mlic.effects.PairedEffect)."""
+    from mlic.effects import CONFIDENCE
+
+    ci = f"{CONFIDENCE:.0%} CI"
+    return {
+        "Mean paired difference, this replication": e.mean,
+        f"{ci}, low": e.low,
+        f"{ci}, high": e.high,
+        ci: "" if math.isnan(e.low) else f"[{e.low:+.2f}, {e.high:+.2f}]",
+        "Paired seeds": e.n,
+        "Seeds": ", ".join(map(str, e.seeds)),
+        "Verdict": e.verdict(better_a, better_b),
+    }
+
+
+def _effect_frame(
+    rows: list[dict[str, Any]], title: str, measure: str, notes: list[str]
+) -> pd.DataFrame:
+    """A table of paired effects; `measure` names what is differenced (for the note)."""
+    from mlic.effects import CONFIDENCE
+
+    ci = f"{CONFIDENCE:.0%} CI"
+    df = pd.DataFrame(rows)
+    df.attrs["csv_only"] = [f"{ci}, low", f"{ci}, high"]  # the Markdown shows "[low, high]"
+    df.attrs["markdown_only"] = [ci]
+    df.attrs["title"] = title
+    df.attrs["notes"] = [
+        f"Each difference is run A's {measure} minus run B's, trained with the same seed "
+        f"(train.seed in config.yaml); the {ci} is mean ± t(0.975, n-1) · sd / √n over the n "
+        "paired seeds (Student's t). An effect is resolved when its CI excludes 0.",
+        *notes,
+    ]
+    return df
+
+
+def _table4b(collected: Collected) -> pd.DataFrame:
+    """Table 4's effects as mean differences paired by seed, with a 95 % CI (mlic.effects)."""
+    from mlic.effects import paired_effect
+
+    paper_map = {
+        name: next(c.map.value for c in paper.TABLE4 if c.key == key)
+        for key, name in _feeding("table4").items()
+        if any(c.key == key for c in paper.TABLE4)
+    }
+    rows, used, unpaired = [], [], []
+    for label, a, b, better_a, better_b in _planned_effects():
+        by_seed = {
+            name: {r.seed: r.map for r in collected.records.get(name, [])} for name in (a, b)
+        }
+        used += collected.records.get(a, []) + collected.records.get(b, [])
+        e = paired_effect(by_seed[a], by_seed[b])
+        if e.unpaired:
+            unpaired.append(f"{label}: seed {', '.join(map(str, e.unpaired))}")
+        rows.append(
+            {
+                "Effect": label,
+                "A vs B": f"{a} vs {b}",
+                "Difference, paper": _diff(paper_map.get(a, math.nan), paper_map.get(b, math.nan)),
+                **_effect_columns(e, better_a, better_b),
+            }
+        )
+    notes = ["The paper reports one run per configuration: its differences have no interval."]
+    if unpaired:
+        notes.append(f"Seeds without a partner, left out: {'; '.join(unpaired)}.")
+    df = _effect_frame(
+        rows,
+        "Table 4b. Table 4's effects, paired over seeds: mAP difference (points)",
+        "mAP",
+        notes,
+    )
+    df.attrs["caption"] = _describe(used, collected.family, "COCO 2014", "448 px")
+    settings = sorted({name for e in _planned_effects() for name in e[1:3]})
+    df.attrs["missing"] = _missing_line(collected, settings)
+    return df
+
+
+SIZE_COLUMNS = ("small", "medium", "large")  # keys of metrics.json's map_by_size
+
+
+def _sizes_of(record: RunRecord) -> tuple[dict[str, float] | None, str]:
+    """({bucket: mAP or NaN}, "") from metrics.json's map_by_size; (None, why) without it."""
+    path = record.path / "metrics.json"
+    block = record.metrics.get("map_by_size")
+    if block is None:
+        return None, "no map_by_size in metrics.json (written before AP by object size existed)"
+    if not isinstance(block, dict):
+        raise DataError(f"{path}: 'map_by_size' is not a mapping")
+    out = {}
+    for bucket in SIZE_COLUMNS:
+        entry = block.get(bucket)
+        value = entry.get("map") if isinstance(entry, dict) else "missing"
+        if value is not None and not _is_number(value):
+            raise DataError(f"{path}: map_by_size[{bucket!r}]['map'] = {value!r} is not a number")
+        out[bucket] = math.nan if value is None else float(value)
+    return out, ""
+
+
+def _size_rule(records: list[RunRecord]) -> str:
+    """The buckets' definition and counts, as the records state them."""
+    blocks = [
+        r.metrics["map_by_size"] for r in records if isinstance(r.metrics.get("map_by_size"), dict)
+    ]
+    if not blocks:
+        return ""
+    first = blocks[0]
+
+    def px2(limit: object) -> str:
+        root = math.isqrt(int(limit))  # type: ignore[call-overload]
+        return f"{root}² px" if root * root == limit else f"{limit:,} px²"
+
+    try:
+        (lo, hi), (w, h) = first["limits_px2"], first["reference_image_px"]
+        fractions = [100 * float(f) for f in first["limits_fraction"]]
+        rule = (
+            "A positive (image, class) falls in the bucket of the class's largest instance in "
+            f"that image: small < {px2(lo)}, medium < {px2(hi)}, large otherwise (COCO's "
+            f"limits) at a {w}×{h} image, scaled by the image's area (< {fractions[0]:.2f} % "
+            f"and < {fractions[1]:.2f} % of the image). In a bucket, positives of the other "
+            "buckets are left out, negatives all count."
+        )
+    except (KeyError, TypeError, ValueError, IndexError):
+        rule = "The records' map_by_size lacks its rule (limits_px2, reference_image_px)."
+
+    def count(block: dict, bucket: str | None, key: str) -> int:
+        entry = block.get(bucket) if bucket else block
+        value = entry.get(key) if isinstance(entry, dict) else None
+        return int(value) if _is_number(value) else -1  # -1: the record does not say
+
+    counts = sorted(
+        {
+            tuple((count(b, k, "num_positives"), count(b, k, "num_classes")) for k in SIZE_COLUMNS)
+            + (count(b, None, "num_positives_without_area"),)
+            for b in blocks
+        }
+    )
+    described = [
+        ", ".join(f"{k} {p:,} ({c})" for k, (p, c) in zip(SIZE_COLUMNS, entry[:3], strict=True))
+        + (f", {entry[3]:,} of unknown area" if entry[3] > 0 else "")
+        for entry in counts
+    ]
+    which = "the evaluated split" if len(counts) == 1 else "the runs' splits (they differ)"
+    return (
+        f"{rule} Positives per bucket (classes with positives) in {which}: {'; '.join(described)}."
+    )
+
+
+def _table5(collected: Collected) -> pd.DataFrame:
+    """AP by object size (beyond the paper) for the settings of Table 4, mean over seeds."""
+    settings = [s for s in SETTINGS if any(f.table == "table4" for f in s.feeds)]
+    rows, used = [], []
+    for s in settings:
+        records = collected.records.get(s.name, [])
+        used += records
+        sized, without, reasons = [], [], []
+        for r in records:
+            values, reason = _sizes_of(r)
+            if values is None:
+                without.append(r.name)
+            else:
+                sized.append((r, values))
+        if without:
+            reasons.append(f"{reason}: {', '.join(without)}")
+        out: dict[str, Any] = {
+            "Backbone": "ResNeSt" if s.backbone == "resnest" else "ResNet",
+            "Head": HEAD_LABELS.get(
+                "dual-shared" if s.head == "dual" and s.batchformer == "shared" else s.head, s.head
+            ),
+            "Setting": s.name,
+        }
+        for bucket in SIZE_COLUMNS:
+            summary = Summary.of([v[bucket] for _, v in sized], [r.name for r, _ in sized])
+            out[f"mAP, {bucket}"] = summary.mean
+            out[f"{bucket}, std"], out[f"{bucket}, n"] = summary.std, summary.n
+            if sized and summary.n == 0:
+                reasons.append(f"no positives in the {bucket} bucket")
+        whole = _summary([r for r, _ in sized], lambda r: r.map)
+        out["mAP, all sizes"], out["all, std"], out["all, n"] = whole.mean, whole.std, whole.n
+        out["Runs"] = whole.runs
+        out["Note"] = "; ".join(reasons)
+        rows.append(out)
+    df = pd.DataFrame(rows)
+    df.attrs["summaries"] = {
+        **{f"mAP, {b}": (f"{b}, std", f"{b}, n") for b in SIZE_COLUMNS},
+        "mAP, all sizes": ("all, std", "all, n"),
+    }
+    df.attrs["title"] = (
+        "Table 5 (beyond the paper). AP by object size: mAP (%) per size bucket, "
+        "Table 4's configurations"
+    )
+    df.attrs["caption"] = _describe(used, collected.family, "COCO 2014", "448 px")
+    df.attrs["notes"] = [
+        _size_rule(used),
+        "Each bucket's mAP averages the classes with positives in it; mean ± std over seeds. "
+        '"all sizes" is the run\'s mAP (Table 4).',
+    ]
+    df.attrs["missing"] = _missing_line(collected, [s.name for s in settings])
+    return df
+
+
+def _table5_effects(collected: Collected) -> pd.DataFrame:
+    """Table 4b's effects within each size bucket: does a component help small objects more?"""
+    from mlic.effects import paired_effect
+
+    sizes = {
+        r.name: values
+        for records in collected.records.values()
+        for r in records
+        if (values := _sizes_of(r)[0]) is not None
+    }
+    rows = []
+    for label, a, b, better_a, better_b in _planned_effects():
+        for bucket in SIZE_COLUMNS:
+            by_seed = [
+                {
+                    r.seed: sizes[r.name][bucket]
+                    for r in collected.records.get(name, [])
+                    if r.name in sizes and not math.isnan(sizes[r.name][bucket])
+                }
+                for name in (a, b)
+            ]
+            e = paired_effect(*by_seed)
+            rows.append(
+                {"Effect": label, "Bucket": bucket, **_effect_columns(e, better_a, better_b)}
+            )
+    df = _effect_frame(
+        rows,
+        "Table 5 (second block). Table 4b's effects within each size bucket: mAP difference "
+        "(points)",
+        "mAP in that bucket",
+        ["Seeds whose records lack the bucket's mAP (no map_by_size, no positives) are left out."],
+    )
+    df.attrs["caption"] = ""
+    df.attrs["missing"] = ""
+    return df
+
+
 def build_tables(runs_dir: Path, family: str = "embedded") -> dict[str, pd.DataFrame]:
     """Tables 1-4 as DataFrames (numbers; NaN where missing). Keys: table1, table2, table3,
-    table3_classes, table4. Each frame's `attrs` hold title, caption, notes and missing."""
+    table3_classes, table4, table4b (effects paired over seeds), table5 (AP by object size),
+    table5_effects (table4b's effects per size bucket).
+    Each frame's `attrs` hold title, caption, notes and missing."""
     return _tables(collect(Path(runs_dir), family))
 
 
@@ -544,6 +823,9 @@ def _tables(collected: Collected) -> dict[str, pd.DataFrame]:
         "table3": t3,
         "table3_classes": t3_classes,
         "table4": _table4(collected),
+        "table4b": _table4b(collected),
+        "table5": _table5(collected),
+        "table5_effects": _table5_effects(collected),
     }
 
 
@@ -554,6 +836,9 @@ def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Strings for Markdown: mean ± std (n) in one cell, paper numbers as printed, 2 decimals."""
     merged: dict[str, tuple[str, str]] = df.attrs.get("summaries", {})
     hidden = {c for pair in merged.values() for c in pair} | set(df.attrs.get("csv_only", []))
+
+
+    hidden = {c for pair in merged.values() for c in pair} | set(df.attrs.get("csv_only", ()))
     out = pd.DataFrame(index=df.index)
     for column in df.columns:
         if column.startswith("_") or column in hidden:
@@ -596,7 +881,8 @@ def _block(df: pd.DataFrame) -> str:
 
 
 def _csv(df: pd.DataFrame) -> str:
-    data = df[[c for c in df.columns if not c.startswith("_")]]
+    markdown_only = set(df.attrs.get("markdown_only", ()))
+    data = df[[c for c in df.columns if not c.startswith("_") and c not in markdown_only]]
     return data.to_csv(index=False, float_format="%.2f", lineterminator="\n")
 
 
@@ -728,8 +1014,12 @@ def figure6(collected: Collected) -> bytes:
 # --------------------------------------------------------------------------- the report
 
 
+TABLE_FILES = ("table1", "table2", "table3", "table4", "table4b", "table5")  # tables/<name>.md
+
+
 def build_report(runs_dir: Path, out_dir: Path, family: str = "embedded") -> dict[str, Any]:
-    """Write tables/table{1..4}.{md,csv} (+ table3_classes.csv) and figures/figure{5,6}_*.png.
+    """Write tables/<TABLE_FILES>.{md,csv} (+ table3_classes.csv, table5_effects.csv) and
+    figures/figure{5,6}_*.png.
 
     Returns {"tables": {name: [paths]}, "figures": {name: path}, "missing": {run: reason},
     "skipped": {run: reason}}. Every number comes from `runs_dir` or `mlic.paper`.
@@ -740,15 +1030,19 @@ def build_report(runs_dir: Path, out_dir: Path, family: str = "embedded") -> dic
     # Render everything first, so that a bad record stops the report before any file changes.
     contents: dict[Path, str | bytes] = {}
     written: dict[str, list[Path]] = {}
-    for name in ("table1", "table2", "table3", "table4"):
+    for name in TABLE_FILES:
         md = _block(frames[name])
         if name == "table3":
             md += "\n" + _block(frames["table3_classes"])
+        if name == "table5":
+            md += "\n" + _block(frames["table5_effects"])
         written[name] = [tables_dir / f"{name}.md", tables_dir / f"{name}.csv"]
         contents[written[name][0]] = md
         contents[written[name][1]] = _csv(frames[name])
     written["table3"].append(tables_dir / "table3_classes.csv")
     contents[written["table3"][-1]] = _csv(frames["table3_classes"])
+    written["table5"].append(tables_dir / "table5_effects.csv")
+    contents[written["table5"][-1]] = _csv(frames["table5_effects"])
     figures = {
         "figure5": figures_dir / "figure5_loss.png",
         "figure6": figures_dir / "figure6_map.png",
@@ -776,7 +1070,7 @@ def update_readme(readme: Path, out_dir: Path) -> None:
     if README_BEGIN not in text or README_END not in text:
         raise DataError(f"{readme}: no results markers ({README_BEGIN} ... {README_END})")
     parts = []
-    for name in ("table1", "table2", "table3", "table4"):
+    for name in TABLE_FILES:
         parts.append((Path(out_dir) / "tables" / f"{name}.md").read_text().strip())
     for name, caption in (
         ("figure5_loss", "Figure 5. Training loss of ours by epoch"),

@@ -190,6 +190,29 @@ def test_best_is_the_best_epoch_not_the_last(tiny_embedded_root, tmp_path, monke
     assert again["per_class_ap"] != metrics["last"]["per_class_ap"]
 
 
+def test_metrics_json_holds_map_by_size_for_the_reported_weights(finished_run):
+    cfg, run_dir, metrics = finished_run
+    from mlic.data.build import build_dataset
+    from mlic.metrics import SIZE_BUCKETS, size_bucket
+
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    sizes = saved["map_by_size"]
+    # The counts are the validation split's, bucketed by its largest instances.
+    val = build_dataset(cfg.data, "val")
+    bucket = size_bucket(val.largest_area_fraction)
+    positive = (val.targets == 1) & ~val.ignore
+    for b, name in enumerate(SIZE_BUCKETS):
+        assert sizes[name]["num_positives"] == int((positive & (bucket == b)).sum())
+        assert sizes[name]["map"] is None or 0.0 <= sizes[name]["map"] <= 100.0
+    assert sum(sizes[name]["num_positives"] for name in SIZE_BUCKETS) == int(positive.sum())
+    assert sizes["limits_px2"] == [1024, 9216]
+    # `mlic evaluate` reports it for the checkpoint it evaluates.
+    again = evaluate_checkpoint(run_dir, device="cpu")
+    assert {k: again["map_by_size"][k]["num_positives"] for k in SIZE_BUCKETS} == {
+        k: sizes[k]["num_positives"] for k in SIZE_BUCKETS
+    }
+
+
 def test_bad_checkpoints_are_refused(finished_run, tmp_path):
     _, run_dir, _ = finished_run
     junk = tmp_path / "junk.pt"

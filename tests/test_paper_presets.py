@@ -46,6 +46,10 @@ def test_a_paper_preset_trains_and_evaluates_from_a_data_root(
     assert metrics["dataset"] == dataset and metrics["head"] == "dual"
     assert metrics["num_images"] == 32  # the whole validation split of the tiny trees
     assert 0.0 <= metrics["map"] <= 100.0
+    # AP by object size from the tree's own areas (COCO `area`, VOC boxes): every positive has one.
+    sizes = metrics["map_by_size"]
+    assert sizes["num_positives_without_area"] == 0
+    assert sum(sizes[b]["num_positives"] for b in ("small", "medium", "large")) > 0
     evaluated = _mlic("evaluate", str(run_dir), "--json", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     again = json.loads(evaluated.stdout)

@@ -237,6 +237,11 @@ def test_report_files_and_byte_identical_rebuild(full, tmp_path):
         "tables/table3_classes.csv",
         "tables/table4.csv",
         "tables/table4.md",
+        "tables/table4b.csv",
+        "tables/table4b.md",
+        "tables/table5.csv",
+        "tables/table5.md",
+        "tables/table5_effects.csv",
     ]
     first = {p: p.read_bytes() for p in files}
     for name in ("figure5", "figure6"):
@@ -368,6 +373,7 @@ def test_the_report_never_imports_the_engine():
     }
     assert {m for m in imported if m and m.startswith("mlic")} <= {
         "mlic",
+        "mlic.effects",  # the paired CI (scipy, no torch)
         "mlic.errors",
         "mlic.plan",
         "mlic.paper",

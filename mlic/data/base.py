@@ -72,6 +72,12 @@ class MultiLabelDataset(Dataset):
         return self.index.objects
 
     @property
+    def largest_area_fraction(self) -> np.ndarray:
+        """[N, K]: area of each class's largest instance / image area (NaN: none); see
+        `SplitIndex.largest_area_fraction`."""
+        return self.index.largest_area_fraction
+
+    @property
     def object_areas(self) -> list[list[tuple[int, float]]]:
         """Per image, (class_index, object area / image area) of each object."""
         return self.index.object_areas()

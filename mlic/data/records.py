@@ -9,6 +9,7 @@ counts change (the known PyTorch issue with large Python lists in a Dataset).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,26 @@ class SplitIndex:
             sizes=self.sizes[:n],
             objects=self.objects.select_images(n),
         )
+
+    @cached_property
+    def largest_area_fraction(self) -> np.ndarray:
+        """[N, K] float64: per image and class, the area of the class's LARGEST instance as a
+        fraction of the image's area (0-1); NaN where the class has no counted instance with a
+        known area. Computed once per split, for "AP by object size" (`mlic.metrics`).
+
+        Which instances count: every COCO annotation (crowd regions too: they make the label);
+        VOC's non-difficult objects only (a difficult-only class is ignored in evaluation, so
+        its area never matters). The area is COCO's `area` (the segment, as COCOeval's size
+        ranges use; the bbox w*h only when a file lacks `area`) and VOC's box. A fraction
+        rather than pixels, so that one rule covers every image size (`mlic.metrics`).
+        """
+        out = np.full((self.num_images, self.num_classes), np.nan)
+        obj = self.objects
+        area = obj.area_fraction.astype(np.float64)
+        keep = ~obj.difficult & np.isfinite(area)
+        # fmax ignores the NaN start value: the first known area of a pair replaces it.
+        np.fmax.at(out, (obj.image_index[keep], obj.class_index[keep]), area[keep])
+        return out
 
     def object_areas(self) -> list[list[tuple[int, float]]]:
         """Per image, (class_index, area / image_area) of each object: the small-object view."""
