@@ -31,6 +31,7 @@ from tqdm import tqdm  # plain bars: notebooks turn them off (not a terminal)
 from mlic.checkpoint import check_architecture, load_checkpoint, load_weights, save_checkpoint
 from mlic.config import Config, DataConfig, from_dict, load_config
 from mlic.data import build_dataset, collate_skip_unreadable, cutmix, to_model_input
+from mlic.data.checks import unseen_in_training
 from mlic.data.holdout import without_holdout
 from mlic.distributed import (
     DistInfo,
@@ -456,6 +457,14 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
     if list(train_set.class_names) != list(val_set.class_names):
         raise MlicError(f"{cfg.data.resolved_root()}: train and val splits have different classes")
     class_names = list(train_set.class_names)
+    unseen = unseen_in_training(train_set.index, val_set.index)
+    if unseen and rt.dist.is_main:
+        print(
+            f"warning: {len(unseen)} class(es) have positives in {cfg.data.split('val')} but "
+            f"none in the images trained on: {', '.join(unseen[:5])}"
+            + (", ..." if len(unseen) > 5 else ""),
+            file=sys.stderr,
+        )
 
     # A resumed run takes its weights from the checkpoint, not from ImageNet again.
     model_cfg = replace(cfg.model, pretrained=False, pretrained_file="") if state else cfg.model
