@@ -234,7 +234,9 @@ def _cmd_evaluate(args) -> None:
         "  " + "  ".join(f"{k.upper()} {m[k]:.2f}" for k in ("cp", "cr", "cf1", "op", "or", "of1"))
     )
     tuned = m.get("tuned")
-    if tuned:
+    if tuned and "unavailable" in tuned:
+        print(f"  tuned thresholds not used: {tuned['unavailable']}")
+    elif tuned:
         keys = ("cp", "cr", "cf1", "op", "or", "of1")
         print(f"  {'':<8}" + "".join(f"{k.upper():>8}" for k in keys))
         for label, row in (("at 0.5", m), ("tuned", tuned)):

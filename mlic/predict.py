@@ -137,6 +137,16 @@ class Predictions:
     skipped: list[tuple[str, str]]
     ignored_in_folders: int = 0
 
+    def labelled(
+        self, thresholds: np.ndarray | float = 0.5, top_k: int = 0
+    ) -> list[list[tuple[str, float]]]:
+        """Per image, its predicted (class name, score) pairs, best first (`predicted_labels`)."""
+        chosen = predicted_labels(self.scores, thresholds, top_k)
+        return [
+            [(self.class_names[c], float(row[c])) for c in cs]
+            for row, cs in zip(self.scores, chosen, strict=True)
+        ]
+
 
 @torch.no_grad()
 def predict_files(

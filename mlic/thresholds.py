@@ -277,10 +277,15 @@ def tuned_metrics(
     trained: Trained, scores: ArrayLike, targets: ArrayLike, ignore: ArrayLike, *, split: str
 ) -> dict[str, Any] | None:
     """CP..OF1 at the run's tuned thresholds (None without thresholds.json), with where they
-    were chosen and whether that is the evaluated split (then they are optimistic)."""
+    were chosen and whether that is the evaluated split (then they are optimistic). Thresholds
+    made for another checkpoint (e.g. best.pt when last.pt is evaluated) are not used:
+    `{"unavailable": reason}`."""
     if trained.run_dir is None or not thresholds_path(trained.run_dir).is_file():
         return None
-    record = read_thresholds(thresholds_path(trained.run_dir), trained)
+    try:
+        record = read_thresholds(thresholds_path(trained.run_dir), trained)
+    except ThresholdsError as exc:
+        return {"unavailable": str(exc)}
     metrics = threshold_metrics_per_class(scores, targets, threshold_vector(record), ignore)
     on = record["chosen_on"]
     same = on.get("kind") in ("val", "split") and on.get("split") == split

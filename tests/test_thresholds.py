@@ -169,3 +169,21 @@ def test_calibrate_command_and_its_bad_inputs(tiny_run, tmp_path):
         )
     assert (run / "thresholds.json").read_bytes() == before  # nothing half-written
     assert not list(run.glob(".thresholds.json.*"))
+
+
+def test_evaluate_reports_both_thresholds_and_skips_stale_ones(tiny_run, tmp_path, capsys):
+    from mlic.cli import main
+    from mlic.engine import evaluate_checkpoint
+
+    m = evaluate_checkpoint(tiny_run, device="cpu", progress=False)
+    tuned = m["tuned"]
+    assert tuned["chosen_on_this_split"] is True and tuned["cf1"] is not None
+    record = json.loads((tiny_run / "thresholds.json").read_text())
+    assert tuned["cf1"] == pytest.approx(record["metrics_on_chosen_images"]["cf1"])
+    assert main(["evaluate", str(tiny_run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "at 0.5" in out and "tuned" in out and "(this split: optimistic)" in out
+    # last.pt of the same run: the thresholds belong to best.pt, so they are not applied
+    m = evaluate_checkpoint(tiny_run / "checkpoints" / "last.pt", device="cpu", progress=False)
+    if (tiny_run / "checkpoints" / "best.pt").is_file():
+        assert "best.pt" in m["tuned"]["unavailable"]
