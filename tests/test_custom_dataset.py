@@ -167,3 +167,19 @@ def test_classes_seen_only_in_validation_are_reported(csv_root, tmp_path):
     (csv_root / "val.csv").write_text("image,labels\nimg/d.jpg,dog|bird\nimg/e.jpg,cat\n")
     train, val = read_csv_split(csv_root, "train"), read_csv_split(csv_root, "val")
     assert unseen_in_training(train, val) == ["dog", "bird"]
+
+
+def test_the_example_csv_dataset_follows_the_format():
+    """examples/csv-dataset (README) names embedded images; `mlic data embedded` makes them."""
+    from pathlib import Path
+
+    from mlic.data.csv_dataset import read_rows
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "csv-dataset"
+    train = read_rows(root / "train.csv")
+    val = read_rows(root / "val.csv")
+    assert len(train) == 40 and len(val) == 20
+    classes = {label for _, _, labels in train for label in labels}
+    assert {label for _, _, labels in val for label in labels} <= classes
+    for _, image, _ in train + val:
+        assert image.startswith("../../data/embedded/coco/") and image.endswith(".jpg")
