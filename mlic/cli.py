@@ -230,10 +230,12 @@ def _cmd_evaluate(args) -> None:
         f"{m['num_images']} images at {m['image_size']} px, {m['device']}"
     )
     print(f"  mAP {m['map']:.2f} %  over {m['num_classes_evaluated']} classes")
-    print(
-        "  " + "  ".join(f"{k.upper()} {m[k]:.2f}" for k in ("cp", "cr", "cf1", "op", "or", "of1"))
-    )
     tuned = m.get("tuned")
+    if not tuned or "unavailable" in tuned:
+        print(
+            "  "
+            + "  ".join(f"{k.upper()} {m[k]:.2f}" for k in ("cp", "cr", "cf1", "op", "or", "of1"))
+        )
     if tuned and "unavailable" in tuned:
         print(f"  tuned thresholds not used: {tuned['unavailable']}")
     elif tuned:
