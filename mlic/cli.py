@@ -49,13 +49,27 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="regenerate even if complete")
     s.set_defaults(func=_cmd_data_embedded)
     s = data_sub.add_parser("stats", help="print a split's statistics as JSON")
-    s.add_argument("--dataset", choices=["coco", "voc"], required=True)
+    s.add_argument("--dataset", choices=["coco", "voc", "csv"], required=True)
     s.add_argument(
-        "--root", required=True, help="folder holding annotations/ (COCO) or VOC2007/ (VOC)"
+        "--root",
+        required=True,
+        help="folder holding annotations/ (COCO), VOC2007/ (VOC) or <split>.csv (csv)",
     )
     s.add_argument("--split", required=True, help="e.g. train2014, val2014, trainval, test")
     s.add_argument("--verify", action="store_true", help="decode every image, list unreadable ones")
     s.set_defaults(func=_cmd_data_stats)
+    s = data_sub.add_parser(
+        "to-csv",
+        help="write a COCO/VOC split as a CSV dataset file (the format of data.dataset=csv)",
+    )
+    s.add_argument("--dataset", choices=["coco", "voc", "csv"], required=True)
+    s.add_argument("--root", required=True, help="the dataset folder, as for `data stats`")
+    s.add_argument("--split", required=True)
+    s.add_argument(
+        "--out", required=True, help="the CSV file; image paths are relative to its folder"
+    )
+    s.add_argument("--max-images", type=int, default=0, help="only the first N images")
+    s.set_defaults(func=_cmd_data_to_csv)
 
     s = sub.add_parser("train", help="train one configuration and write its run record")
     _add_config_args(s)
@@ -71,6 +85,48 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-images", type=int, default=0, help="only the first N images")
     s.add_argument("--json", action="store_true", help="print all metrics as JSON")
     s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("predict", help="score your own images with a trained run")
+    s.add_argument("path", help="a run directory (uses checkpoints/best.pt) or a .pt file")
+    s.add_argument("inputs", nargs="+", help="image files, folders (recursive) or glob patterns")
+    which = s.add_mutually_exclusive_group()
+    which.add_argument(
+        "--threshold", type=float, help="one score threshold for every class (default 0.5)"
+    )
+    which.add_argument(
+        "--thresholds",
+        metavar="tuned|FILE",
+        help="per-class thresholds: 'tuned' = the run's thresholds.json (mlic calibrate)",
+    )
+    s.add_argument("--top-k", type=int, default=0, help="at most K labels per image (0: no limit)")
+    s.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table")
+    s.add_argument("--out", help="write here (atomically) instead of to standard output")
+    s.add_argument("--batch-size", type=int, help="default: the run's train.eval_batch_size")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser(
+        "calibrate", help="choose per-class thresholds (max F1) and write thresholds.json"
+    )
+    s.add_argument("path", help="a run directory (or a .pt file inside <run>/checkpoints/)")
+    s.add_argument(
+        "--split",
+        help="choose them on this split of the run's dataset (default: the run's rule, "
+        "data.calibration_fraction: a held-out part of training, or the validation split)",
+    )
+    s.add_argument("--data-root", help="dataset folder, if not the one the run used")
+    s.add_argument("--out", help="default: <run>/thresholds.json")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=_cmd_calibrate)
+
+    s = sub.add_parser("export", help="export the deployed network (ONNX or TorchScript)")
+    s.add_argument("path", help="a run directory (uses checkpoints/best.pt) or a .pt file")
+    s.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    s.add_argument("--image-size", type=int, help="default: the run's data.image_size")
+    s.add_argument(
+        "--out", help="default: <run>/export/model.onnx (or .torchscript.pt); a .json goes beside"
+    )
+    s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser(
         "reproduce", help="train every configuration of the paper's tables, then report"
@@ -183,10 +239,70 @@ def _cmd_evaluate(args) -> None:
         f"{m['num_images']} images at {m['image_size']} px, {m['device']}"
     )
     print(f"  mAP {m['map']:.2f} %  over {m['num_classes_evaluated']} classes")
-    print(
-        "  " + "  ".join(f"{k.upper()} {m[k]:.2f}" for k in ("cp", "cr", "cf1", "op", "or", "of1"))
-    )
+    tuned = m.get("tuned")
+    if not tuned or "unavailable" in tuned:
+        print(
+            "  "
+            + "  ".join(f"{k.upper()} {m[k]:.2f}" for k in ("cp", "cr", "cf1", "op", "or", "of1"))
+        )
+    if tuned and "unavailable" in tuned:
+        print(f"  tuned thresholds not used: {tuned['unavailable']}")
+    elif tuned:
+        keys = ("cp", "cr", "cf1", "op", "or", "of1")
+        print(f"  {'':<8}" + "".join(f"{k.upper():>8}" for k in keys))
+        for label, row in (("at 0.5", m), ("tuned", tuned)):
+            cells = "".join(f"{row[k]:8.2f}" if row[k] is not None else f"{'-':>8}" for k in keys)
+            print(f"  {label:<8}{cells}")
+        note = " (this split: optimistic)" if tuned["chosen_on_this_split"] else ""
+        print(f"  tuned thresholds chosen on {tuned['chosen_on']}{note}")
     print(f"  {m['images_per_s']:.1f} images/s")
+
+
+def _cmd_data_to_csv(args) -> None:
+    from mlic.data import read_split
+    from mlic.data.csv_dataset import write_csv_split
+
+    index = read_split(args.dataset, Path(args.root), args.split).head(args.max_images)
+    path = write_csv_split(index, Path(args.out))
+    print(f"{path}: {index.num_images} images, {index.num_classes} classes")
+
+
+def _cmd_predict(args) -> None:
+    from mlic.predict import run_predict
+
+    run_predict(
+        args.path,
+        args.inputs,
+        threshold=args.threshold,
+        thresholds=args.thresholds,
+        top_k=args.top_k,
+        fmt=args.format,
+        out=args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+
+
+def _cmd_calibrate(args) -> None:
+    from mlic.engine import load_trained
+    from mlic.thresholds import calibrate, describe
+
+    data = {"root": args.data_root} if args.data_root else {}
+    trained = load_trained(args.path, device=args.device, data=data)
+    record, path = calibrate(trained, split=args.split, out=Path(args.out) if args.out else None)
+    print(f"{describe(record)} -> {path}")
+    m = record["metrics_on_chosen_images"]
+    print(
+        "  on those images (optimistic): "
+        + "  ".join(f"{k.upper()} {m[k]:.2f}" for k in ("cp", "cr", "cf1", "op", "or", "of1"))
+    )
+
+
+def _cmd_export(args) -> None:
+    from mlic.export import export_run
+
+    model, spec = export_run(args.path, fmt=args.format, image_size=args.image_size, out=args.out)
+    print(f"{model}\n{spec}")
 
 
 def _cmd_reproduce(args) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from mlic.errors import ConfigError
 
-DatasetName = Literal["coco", "voc"]
+DatasetName = Literal["coco", "voc", "csv"]
 HeadName = Literal["gap", "transformer", "dual"]
 BatchFormerVariant = Literal["shared", "separate"]
 TargetMixing = Literal["area", "union"]
@@ -31,6 +31,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 DEFAULT_SPLITS = {
     "coco": {"train": "train2014", "val": "val2014"},
     "voc": {"train": "trainval", "val": "test"},
+    "csv": {"train": "train", "val": "val"},
 }
 
 
@@ -39,8 +40,9 @@ class DataConfig:
     """Where the images come from and how they are prepared."""
 
     dataset: DatasetName = "coco"
-    # Folder holding `annotations/` (COCO) or `VOC2007/` (VOC). Empty: the embedded dataset
-    # under `embedded_root`, generated on first use.
+    # Folder holding `annotations/` (COCO), `VOC2007/` (VOC) or `<split>.csv` (csv; format in
+    # mlic/data/csv_dataset.py). Empty: the embedded dataset under `embedded_root`, generated
+    # on first use.
     root: str = ""
     embedded_root: str = "data/embedded"
     # Empty: the dataset's standard split (COCO train2014/val2014, VOC trainval/test); the
@@ -61,6 +63,10 @@ class DataConfig:
     # Use only the first N images of a split (0: all). For smoke runs and notebook defaults.
     max_train_images: int = 0
     max_val_images: int = 0
+    # Per-class thresholds at the end of training are chosen on this fraction of the training
+    # split, held out from training (0: chosen on the validation split instead; see
+    # mlic/thresholds.py for why either choice makes F1 on the choosing split optimistic).
+    calibration_fraction: float = 0.0
 
     def resolved_root(self) -> Path:
         if self.root:
@@ -334,6 +340,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.mean and data.std need three values (RGB)")
     if any(s <= 0 for s in d.std):
         raise ConfigError(f"data.std={d.std} must be positive")
+    if d.dataset == "csv" and not d.root:
+        raise ConfigError("data.dataset=csv needs data.root: the folder holding <split>.csv")
+    if not 0.0 <= d.calibration_fraction < 1.0:
+        raise ConfigError(f"data.calibration_fraction={d.calibration_fraction} is not in [0, 1)")
     if not 0.0 <= d.cutmix_prob <= 1.0:
         raise ConfigError(f"data.cutmix_prob={d.cutmix_prob} is not in [0, 1]")
     if m.head != "gap" and m.d_model % m.nhead:

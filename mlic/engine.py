@@ -31,6 +31,8 @@ from tqdm import tqdm  # plain bars: notebooks turn them off (not a terminal)
 from mlic.checkpoint import check_architecture, load_checkpoint, load_weights, save_checkpoint
 from mlic.config import Config, DataConfig, from_dict, load_config
 from mlic.data import build_dataset, collate_skip_unreadable, cutmix, to_model_input
+from mlic.data.checks import unseen_in_training
+from mlic.data.holdout import without_holdout
 from mlic.distributed import (
     DistInfo,
     ShardSampler,
@@ -417,6 +419,13 @@ def predict(
 def evaluate(model: nn.Module, dataset, cfg: Config, rt: Runtime, progress: bool = False) -> dict:
     """The paper's mAP (eq. 3–5) and the companion metrics, in %."""
     scores, targets, ignore = predict(model, dataset, cfg, rt, progress=progress)
+    return metrics_of(dataset, scores, targets, ignore)
+
+
+def metrics_of(
+    dataset, scores: torch.Tensor, targets: torch.Tensor, ignore: torch.Tensor
+) -> dict[str, Any]:
+    """Every metric of one split's scores: one definition for training and `mlic evaluate`."""
     metrics = compute_metrics(
         scores.numpy(),
         targets.numpy(),
@@ -477,10 +486,20 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
 
     seed_everything(cfg.train.seed)
     train_set = build_dataset(cfg.data, "train", uint8=True)
+    if cfg.data.calibration_fraction > 0:  # held out for the thresholds (mlic/thresholds.py)
+        train_set = without_holdout(train_set, cfg.data.calibration_fraction, cfg.train.seed)
     val_set = build_dataset(cfg.data, "val", uint8=True)
     if list(train_set.class_names) != list(val_set.class_names):
         raise MlicError(f"{cfg.data.resolved_root()}: train and val splits have different classes")
     class_names = list(train_set.class_names)
+    unseen = unseen_in_training(train_set.index, val_set.index)
+    if unseen and rt.dist.is_main:
+        print(
+            f"warning: {len(unseen)} class(es) have positives in {cfg.data.split('val')} but "
+            f"none in the images trained on: {', '.join(unseen[:5])}"
+            + (", ..." if len(unseen) > 5 else ""),
+            file=sys.stderr,
+        )
 
     # A resumed run takes its weights from the checkpoint, not from ImageNet again.
     model_cfg = replace(cfg.model, pretrained=False, pretrained_file="") if state else cfg.model
@@ -623,6 +642,10 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
     metrics = _final_metrics(cfg, rt, best, last, history, time.perf_counter() - wall_start)
     if rt.dist.is_main:
         write_json(run_dir / "metrics.json", metrics)
+        from mlic.thresholds import calibrate_after_training, describe
+
+        record, path = calibrate_after_training(run_dir, rt)
+        print(f"{describe(record)} -> {path}", flush=True)
     return metrics
 
 
@@ -715,6 +738,87 @@ def _device_name(rt: Runtime) -> str:
 # --------------------------------------------------------------------------- evaluate a checkpoint
 
 
+@dataclass
+class Trained:
+    """A run's trained network, ready for inference: the model in eval mode on its device (the
+    deployed network: the BatchFormerV2 branch is skipped in eval mode), the run's configuration
+    (with any data overrides) and the class names the checkpoint was trained with."""
+
+    model: nn.Module
+    cfg: Config
+    rt: Runtime
+    class_names: list[str]
+    checkpoint: Path
+    run_dir: Path | None  # None for a checkpoint file outside a run directory
+    weights: str  # "model" or "ema"
+    epoch: int | None
+
+
+def checkpoint_of(path: str | Path) -> tuple[Path, Path | None]:
+    """(checkpoint file, run directory or None) for a run directory (best.pt, else last.pt) or
+    a checkpoint file (its run directory when it lies in `<run>/checkpoints/`)."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt_path = path / "checkpoints" / "best.pt"
+        if not ckpt_path.exists():
+            ckpt_path = path / "checkpoints" / "last.pt"
+        return ckpt_path, path
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    if run_dir is not None and not (run_dir / "config.yaml").is_file():
+        run_dir = None
+    return path, run_dir
+
+
+def load_trained(
+    path: str | Path,
+    *,
+    device: str = "auto",
+    data: dict[str, Any] | None = None,
+    rt: Runtime | None = None,
+) -> Trained:
+    """Load a run directory's best checkpoint (or a checkpoint file) for inference.
+
+    Works for a checkpoint written on another machine (loaded on the CPU first); a checkpoint
+    whose architecture differs from its run's config.yaml is refused. `data`: overrides of the
+    run's `data` section (e.g. another split or root); `rt`: run there instead of on `device`.
+    """
+    path = Path(path)
+    ckpt_path, run_dir = checkpoint_of(path)
+    state = load_checkpoint(ckpt_path)
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{ckpt_path}: checkpoint has no configuration")
+    if not isinstance(state.get("class_names"), list):
+        raise CheckpointError(f"{ckpt_path}: checkpoint has no class names")
+    raw = copy.deepcopy(state["config"])
+    raw["train"]["device"] = device
+    raw["data"].update(data or {})
+    cfg = from_dict(raw, source=str(ckpt_path))
+    # A run directory's config.yaml says which architecture the checkpoint must hold.
+    model_cfg = cfg.model
+    if path.is_dir() and (path / "config.yaml").is_file():
+        model_cfg = load_config(path=path / "config.yaml").model
+    rt = rt or make_runtime(cfg)
+    # The weights come from the checkpoint: never fetch ImageNet weights to throw them away.
+    model_cfg = replace(model_cfg, pretrained=False, pretrained_file="")
+    model = build_model_from_config(model_cfg, num_classes=len(state["class_names"]))
+    check_architecture(ckpt_path, state.get("arch", {}), dict(model.arch))
+    load_weights(ckpt_path, model, state["model"])
+    model.to(rt.device).eval()
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    epoch = state.get("epoch")
+    return Trained(
+        model=model,
+        cfg=cfg,
+        rt=rt,
+        class_names=[str(n) for n in state["class_names"]],
+        checkpoint=ckpt_path,
+        run_dir=run_dir,
+        weights=str(state.get("weights", "model")),
+        epoch=int(epoch) if isinstance(epoch, int) else None,
+    )
+
+
 def evaluate_checkpoint(
     path: str | Path,
     *,
@@ -724,61 +828,39 @@ def evaluate_checkpoint(
     max_images: int = 0,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a run directory's best checkpoint (or a checkpoint file) on a split.
-
-    Works for a checkpoint written on another machine (loaded on the CPU first); a checkpoint
-    whose architecture differs from its run's config.yaml is refused.
+    """Metrics of a run directory's best checkpoint (or a checkpoint file) on a split; with the
+    run's tuned per-class thresholds (thresholds.json) also the metrics at those, under `tuned`.
     """
-    path = Path(path)
-    if path.is_dir():
-        ckpt_path = path / "checkpoints" / "best.pt"
-        if not ckpt_path.exists():
-            ckpt_path = path / "checkpoints" / "last.pt"
-    else:
-        ckpt_path = path
-    state = load_checkpoint(ckpt_path)
-    if not isinstance(state.get("config"), dict):
-        raise CheckpointError(f"{ckpt_path}: checkpoint has no configuration")
-    raw = copy.deepcopy(state["config"])
-    raw["train"]["device"] = device
+    data: dict[str, Any] = {}
     if split:
-        raw["data"]["val_split"] = split
+        data["val_split"] = split
     if data_root:
-        raw["data"]["root"] = data_root
+        data["root"] = data_root
     if max_images:
-        raw["data"]["max_val_images"] = max_images
-    cfg = from_dict(raw, source=str(ckpt_path))
-    # A run directory's config.yaml says which architecture the checkpoint must hold.
-    model_cfg = cfg.model
-    if path.is_dir() and (path / "config.yaml").is_file():
-        model_cfg = load_config(path=path / "config.yaml").model
-    rt = make_runtime(cfg)
+        data["max_val_images"] = max_images
+    trained = load_trained(path, device=device, data=data)
+    cfg, rt, ckpt_path = trained.cfg, trained.rt, trained.checkpoint
     dataset = build_dataset(cfg.data, "val", uint8=True)
-    if list(dataset.class_names) != list(state["class_names"]):
+    if list(dataset.class_names) != trained.class_names:
         raise CheckpointError(
-            f"{ckpt_path}: the checkpoint's {len(state['class_names'])} classes differ from the "
+            f"{ckpt_path}: the checkpoint's {len(trained.class_names)} classes differ from the "
             f"{len(dataset.class_names)} classes of {cfg.data.resolved_root()}"
         )
-    # The weights come from the checkpoint: never fetch ImageNet weights to throw them away.
-    model_cfg = replace(model_cfg, pretrained=False, pretrained_file="")
-    model = build_model_from_config(model_cfg, num_classes=len(state["class_names"]))
-    check_architecture(ckpt_path, state.get("arch", {}), dict(model.arch))
-    weights = state["model"]
-    which = state.get("weights", "model")
-    load_weights(ckpt_path, model, weights)
-    model.to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     if progress is None:
         progress = sys.stderr.isatty()
+    from mlic.thresholds import tuned_metrics
+
     start = time.perf_counter()
-    metrics = evaluate(model, dataset, cfg, rt, progress=progress)
+    scores, targets, ignore = predict(trained.model, dataset, cfg, rt, progress=progress)
     seconds = time.perf_counter() - start
+    metrics = metrics_of(dataset, scores, targets, ignore)
+    tuned = tuned_metrics(trained, scores, targets, ignore, split=cfg.data.split("val"))
     return {
         **metrics,
+        **({"tuned": tuned} if tuned else {}),
         "checkpoint": str(ckpt_path),
-        "weights": which,
-        "epoch": state.get("epoch"),  # best.pt: the best epoch (metrics.json "best")
+        "weights": trained.weights,
+        "epoch": trained.epoch,  # best.pt: the best epoch (metrics.json "best")
         "dataset": cfg.data.dataset,
         "split": cfg.data.split("val"),
         "image_size": cfg.data.image_size,

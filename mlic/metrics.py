@@ -278,6 +278,21 @@ def threshold_metrics(
     return _counts_to_metrics((p >= threshold) & valid, t)
 
 
+def threshold_metrics_per_class(
+    probs: ArrayLike, targets: ArrayLike, thresholds: ArrayLike, ignore: ArrayLike | None = None
+) -> dict[str, float]:
+    """CP, CR, CF1, OP, OR, OF1 in % with a threshold per class (`thresholds` [K], each in
+    [0, 1]): class k is predicted when prob >= thresholds[k] (e.g. `mlic.thresholds`)."""
+    p, t, valid = _prepare(probs, targets, ignore)
+    _check_probs(p, valid)
+    th = np.asarray(_to_numpy(thresholds), dtype=np.float64)
+    if th.shape != (p.shape[1],):
+        raise ValueError(f"thresholds must be [K] = [{p.shape[1]}]; got {th.shape}")
+    if np.isnan(th).any() or th.min() < 0.0 or th.max() > 1.0:
+        raise ValueError("thresholds must lie in [0, 1]")
+    return _counts_to_metrics((p >= th[None, :]) & valid, t)
+
+
 def topk_metrics(
     probs: ArrayLike,
     targets: ArrayLike,

@@ -110,3 +110,20 @@ def show_cross_attention(
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def show_image_labels(
+    files: Sequence[str], labels: Sequence[Sequence[tuple[str, float]]], size: int = 128
+) -> plt.Figure:
+    """Image files with their predicted (label, score) pairs: what `mlic predict` says, drawn."""
+    from mlic.data.images import open_rgb
+
+    n = len(files)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.2), squeeze=False)
+    for ax, file, pairs in zip(axes[0], files, labels, strict=True):
+        ax.imshow(open_rgb(file).resize((size, size)))
+        text = "\n".join(f"{name} {score:.2f}" for name, score in pairs) or "(no label)"
+        ax.set_title(text, fontsize=7, loc="left")
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -80,3 +80,29 @@ def _voc_xml(*objects: tuple[str, int, tuple[int, int, int, int]], size=(40, 30)
         f"<annotation><size><width>{size[0]}</width><height>{size[1]}</height>"
         f"<depth>3</depth></size>{''.join(parts)}</annotation>"
     )
+
+
+TINY_RUN = [
+    "data.image_size=32",
+    "data.num_workers=0",
+    "data.max_train_images=48",
+    "data.max_val_images=24",
+    "model.d_model=32",
+    "model.dim_feedforward=64",
+    "train.batch_size=8",
+    "train.eval_batch_size=16",
+    "train.epochs=1",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_embedded_root, tmp_path_factory):
+    """A finished one-epoch run on the tiny embedded dataset (with thresholds.json); read-only:
+    copy it before changing anything."""
+    from mlic.config import load_config
+    from mlic.engine import fit
+
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = load_config("embedded", [*TINY_RUN, f"data.embedded_root={tiny_embedded_root}"])
+    fit(cfg, run_dir, progress=False)
+    return run_dir

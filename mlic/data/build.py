@@ -31,7 +31,9 @@ def build_dataset(
     """
     if cfg.is_embedded:
         ensure_embedded(Path(cfg.embedded_root))
-    index = read_split(cfg.dataset, cfg.resolved_root(), cfg.split(which))
+    index = read_split(
+        cfg.dataset, cfg.resolved_root(), cfg.split(which), train_split=cfg.split("train")
+    )
     limit = cfg.max_train_images if which == "train" else cfg.max_val_images
     index = index.head(limit)
     train = augment if augment is not None else which == "train"

@@ -11,11 +11,12 @@ from pathlib import Path
 from mlic.data.records import SplitIndex
 from mlic.errors import DataError
 
-DATASETS = ("coco", "voc")
+DATASETS = ("coco", "voc", "csv")
 
 
-def read_split(dataset: str, root: str | Path, split: str) -> SplitIndex:
-    """The labels of one split: `root` holds `annotations/` (COCO) or `VOC2007/` (VOC)."""
+def read_split(dataset: str, root: str | Path, split: str, train_split: str = "") -> SplitIndex:
+    """The labels of one split: `root` holds `annotations/` (COCO), `VOC2007/` (VOC) or
+    `<split>.csv` (csv, whose classes come from `train_split` unless classes.txt lists them)."""
     if dataset == "coco":
         from mlic.data.coco import read_coco
 
@@ -24,4 +25,8 @@ def read_split(dataset: str, root: str | Path, split: str) -> SplitIndex:
         from mlic.data.voc import read_voc
 
         return read_voc(root, split)
+    if dataset == "csv":
+        from mlic.data.csv_dataset import read_csv_split
+
+        return read_csv_split(root, split, train_split=train_split or "train")
     raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")

@@ -1,0 +1,343 @@
+"""`mlic predict`: a trained run on your own images.
+
+Multi-label output is a sigmoid per class (never a softmax across classes). Each image gets a
+score for every class and the labels whose score reaches the threshold: one value for all
+classes (`--threshold`, default 0.5) or the run's tuned per-class thresholds
+(`--thresholds tuned`, from `mlic calibrate`). Preprocessing is the run's own evaluation
+pipeline (resize to the run's size, its mean/std), and the network is the deployed one (the
+model in eval mode: no BatchFormerV2 stream).
+
+Inputs are files, folders (walked recursively for image files) and glob patterns. Anything that
+cannot be predicted - a missing path, something that is not a regular file (a FIFO would block
+a reader forever), a file that does not decode - is skipped, listed with its reason, and
+counted; without a single predicted image the command fails.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import stat
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from mlic.data.images import open_rgb
+from mlic.data.transforms import build_transforms
+from mlic.errors import DataError, MlicError
+from mlic.runrecord import atomic_write_text
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+Format = Literal["table", "csv", "json", "jsonl"]
+FORMATS: tuple[str, ...] = ("table", "csv", "json", "jsonl")
+
+
+@dataclass
+class Discovered:
+    """Files to predict (in a stable order, each once) and the inputs skipped, with reasons."""
+
+    files: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    ignored_in_folders: int = 0  # files without an image suffix inside the given folders
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)  # follows symlinks; never opens the file
+    except OSError:
+        return False
+
+
+def discover_images(inputs: Sequence[str | Path]) -> Discovered:
+    """Expand files, folders (recursively; image suffixes only) and glob patterns."""
+    found = Discovered()
+    seen: set[str] = set()
+
+    def add(path: Path) -> None:
+        key = os.path.normpath(os.path.abspath(path))
+        if key not in seen:
+            seen.add(key)
+            found.files.append(path)
+
+    def consider(path: Path, *, named: bool) -> None:
+        if path.is_dir():
+            for sub in sorted(path.rglob("*"), key=lambda p: p.as_posix()):
+                if sub.is_dir():
+                    continue
+                if sub.suffix.lower() not in IMAGE_SUFFIXES:
+                    found.ignored_in_folders += 1
+                elif _regular(sub):
+                    add(sub)
+                else:
+                    found.skipped.append((str(sub), "not a regular file"))
+        elif not os.path.lexists(path):
+            found.skipped.append((str(path), "no such file or folder"))
+        elif not _regular(path):
+            found.skipped.append((str(path), "not a regular file (or a broken link)"))
+        elif named or path.suffix.lower() in IMAGE_SUFFIXES:
+            add(path)  # a file named explicitly is tried whatever its suffix
+
+    for item in inputs:
+        text = str(item)
+        if not os.path.lexists(text) and glob.has_magic(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                found.skipped.append((text, "the pattern matches nothing"))
+            for match in matches:
+                consider(Path(match), named=False)
+        else:
+            consider(Path(text), named=True)
+    return found
+
+
+class ImageFiles(Dataset):
+    """Image files -> (uint8 [3, S, S], position) or (None, position, reason) if undecodable."""
+
+    def __init__(self, files: Sequence[Path], transform: Callable) -> None:
+        self.files = [str(f) for f in files]  # plain strings: cheap for forked workers
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.transform(open_rgb(self.files[i])), i, ""
+        except DataError as exc:
+            return None, i, str(exc).removeprefix(f"{self.files[i]}: ")
+
+
+def _collate(batch):
+    images = [b[0] for b in batch if b[0] is not None]
+    positions = [b[1] for b in batch if b[0] is not None]
+    failed = [(b[1], b[2]) for b in batch if b[0] is None]
+    stacked = torch.stack(images) if images else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+    return stacked, positions, failed
+
+
+@dataclass
+class Predictions:
+    """Scores [N, K] (sigmoid, float32) of the predicted files, in the order of `files`."""
+
+    files: list[Path]
+    scores: np.ndarray
+    class_names: list[str]
+    skipped: list[tuple[str, str]]
+    ignored_in_folders: int = 0
+
+    def labelled(
+        self, thresholds: np.ndarray | float = 0.5, top_k: int = 0
+    ) -> list[list[tuple[str, float]]]:
+        """Per image, its predicted (class name, score) pairs, best first (`predicted_labels`)."""
+        chosen = predicted_labels(self.scores, thresholds, top_k)
+        return [
+            [(self.class_names[c], float(row[c])) for c in cs]
+            for row, cs in zip(self.scores, chosen, strict=True)
+        ]
+
+
+@torch.no_grad()
+def predict_files(
+    trained, files: Sequence[Path], *, batch_size: int | None = None, progress: bool = False
+) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:
+    """(files predicted, scores [N, K], skipped (file, reason)) for a loaded run (`Trained`),
+    through the engine's evaluation path (its loader, device copy and autocast)."""
+    from torch.utils.data import SequentialSampler
+
+    from mlic.engine import _images_to_device, _loader
+
+    cfg, rt, model = trained.cfg, trained.rt, trained.model
+    model.eval()
+    dataset = ImageFiles(files, build_transforms(cfg.data, train=False, uint8=True))
+    loader = _loader(
+        dataset, batch_size or cfg.train.eval_batch_size, SequentialSampler(dataset), cfg, rt,
+        train=False,
+    )  # fmt: skip
+    loader.collate_fn = _collate
+    scores: list[torch.Tensor] = []
+    done: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    for images, positions, failed in tqdm(
+        loader, desc="predict", disable=not progress, leave=False, dynamic_ncols=True
+    ):
+        skipped.extend((dataset.files[i], reason) for i, reason in failed)
+        if not positions:
+            continue
+        images = _images_to_device(images, rt, cfg.data)
+        with rt.autocast():
+            logits = model(images)  # [B, K]
+        scores.append(torch.sigmoid(logits.float()).cpu())
+        done.extend(positions)
+    k = len(trained.class_names)
+    out = torch.cat(scores).numpy() if scores else np.zeros((0, k), dtype=np.float32)
+    return [Path(dataset.files[i]) for i in done], out, skipped
+
+
+def predict_images(
+    trained, inputs: Sequence[str | Path], *, batch_size: int | None = None, progress: bool = False
+) -> Predictions:
+    """Discover `inputs` (files, folders, globs) and score every readable image."""
+    found = discover_images(inputs)
+    progress = progress and len(found.files) > 1
+    files, scores, failed = predict_files(
+        trained, found.files, batch_size=batch_size, progress=progress
+    )
+    return Predictions(
+        files, scores, trained.class_names, found.skipped + failed, found.ignored_in_folders
+    )
+
+
+# --------------------------------------------------------------------------- labels and output
+
+
+def predicted_labels(
+    scores: np.ndarray, thresholds: np.ndarray | float, top_k: int = 0
+) -> list[list[int]]:
+    """Per image, the class indices with score >= threshold (per class or one for all), best
+    first; with top_k > 0 only the k best of those (ties: the lower class index)."""
+    th = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), scores.shape[1:])
+    out = []
+    for row in scores:
+        order = np.argsort(-row, kind="stable")
+        chosen = [int(c) for c in order if row[c] >= th[c]]
+        out.append(chosen[:top_k] if top_k > 0 else chosen)
+    return out
+
+
+def render(
+    preds: Predictions,
+    labels: list[list[int]],
+    fmt: Format,
+    *,
+    header: dict[str, Any],
+) -> str:
+    """The predictions as text in one of FORMATS (stable: input order, classes in model order)."""
+    names = preds.class_names
+    if fmt == "table":
+        width = max((len(str(f)) for f in preds.files), default=5)
+        lines = [f"{'image':<{width}}  labels (score)"]
+        for f, row, chosen in zip(preds.files, preds.scores, labels, strict=True):
+            text = ", ".join(f"{names[c]} ({row[c]:.3f})" for c in chosen) or "-"
+            lines.append(f"{str(f):<{width}}  {text}")
+        return "\n".join(lines) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["image", "labels", *names])
+        for f, row, chosen in zip(preds.files, preds.scores, labels, strict=True):
+            writer.writerow(
+                [str(f), "|".join(names[c] for c in chosen), *(f"{v:.6f}" for v in row)]
+            )
+        return buf.getvalue()
+    records = [
+        {
+            "image": str(f),
+            "labels": [names[c] for c in chosen],
+            "scores": {n: float(v) for n, v in zip(names, row, strict=True)},
+        }
+        for f, row, chosen in zip(preds.files, preds.scores, labels, strict=True)
+    ]
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
+    if fmt == "json":
+        doc = {
+            **header,
+            "class_names": names,
+            "images": records,
+            "skipped": [{"image": f, "reason": r} for f, r in preds.skipped],
+        }
+        return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    raise MlicError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def run_predict(
+    path: str | Path,
+    inputs: Sequence[str],
+    *,
+    threshold: float | None = None,
+    thresholds: str | None = None,
+    top_k: int = 0,
+    fmt: Format = "table",
+    out: str | Path | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    progress: bool | None = None,
+    stdout=None,
+    stderr=None,
+) -> int:
+    """The whole command; returns the number of images predicted (0 raises MlicError).
+
+    Skipped inputs are listed on `stderr` with a count; the output goes to `out` (written
+    atomically, only when at least one image was predicted) or `stdout`.
+    """
+    from mlic.engine import load_trained
+    from mlic.thresholds import read_thresholds, threshold_vector, thresholds_path
+
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    if fmt not in FORMATS:
+        raise MlicError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if threshold is not None and thresholds is not None:
+        raise MlicError("give --threshold or --thresholds, not both")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise MlicError(f"--threshold {threshold}: a score threshold lies in [0, 1]")
+    if top_k < 0:
+        raise MlicError(f"--top-k {top_k}: must be >= 0 (0: no limit)")
+    if batch_size is not None and batch_size < 1:
+        raise MlicError(f"--batch-size {batch_size}: must be >= 1")
+    if out is not None and Path(out).is_dir():
+        raise MlicError(f"--out {out}: is a folder; give a file name")
+    trained = load_trained(path, device=device)
+    if thresholds is not None:
+        if thresholds == "tuned":
+            if trained.run_dir is None:
+                raise MlicError(f"{path}: --thresholds tuned needs a run directory")
+            source = thresholds_path(trained.run_dir)
+        else:
+            source = Path(thresholds)
+        record = read_thresholds(source, trained)
+        cut: np.ndarray | float = threshold_vector(record)
+        rule = {"thresholds": str(source), "chosen_on": record["chosen_on"]["description"]}
+    else:
+        cut = 0.5 if threshold is None else float(threshold)
+        rule = {"threshold": cut}
+    if progress is None:
+        progress = stderr.isatty()
+    preds = predict_images(trained, inputs, batch_size=batch_size, progress=progress)
+    files, scores = preds.files, preds.scores
+    for file, reason in preds.skipped:
+        print(f"mlic: skipped {file}: {reason}", file=stderr)
+    if preds.ignored_in_folders:
+        print(
+            f"mlic: ignored {preds.ignored_in_folders} file(s) without an image suffix in folders",
+            file=stderr,
+        )
+    if not files:
+        raise MlicError(
+            f"no image predicted ({len(preds.skipped)} input(s) skipped)"
+            + (f"; {out} not written" if out else "")
+        )
+    header = {"checkpoint": str(trained.checkpoint), "epoch": trained.epoch, **rule}
+    text = render(preds, predicted_labels(scores, cut, top_k), fmt, header=header)
+    if out is not None:
+        atomic_write_text(Path(out), text)
+    else:
+        stdout.write(text)
+        stdout.flush()
+    summary = f"mlic: predicted {len(files)} image(s)"
+    if preds.skipped:
+        summary += f", skipped {len(preds.skipped)}"
+    print(summary + (f" -> {out}" if out else ""), file=stderr)
+    return len(files)
