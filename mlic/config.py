@@ -23,6 +23,8 @@ HeadName = Literal["gap", "transformer", "dual"]
 BatchFormerVariant = Literal["shared", "separate"]
 TargetMixing = Literal["area", "union"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+CompileSetting = Literal["auto"] | bool
+Checkpointing = Literal["none", "backbone", "head", "all"]
 
 DEFAULT_SPLITS = {
     "coco": {"train": "train2014", "val": "val2014"},
@@ -122,8 +124,17 @@ class TrainConfig:
     device: str = "auto"
     precision: Precision = "auto"
     channels_last: bool = True
-    compile: bool = False
+    # torch.compile of the training and evaluation forward passes. "auto": on CUDA (measured
+    # 1.7x the eager step on an H200), off on the CPU; a compile failure falls back to eager.
+    compile: CompileSetting = "auto"
     compile_mode: str = "default"
+    # Memory for compute: recompute activations in backward instead of keeping them (timm's
+    # set_grad_checkpointing for the backbone; torch.utils.checkpoint per head layer).
+    activation_checkpointing: Checkpointing = "none"
+    # Split each optimizer batch into this many micro-batches (forward + backward each, one
+    # optimizer/EMA/scheduler step): batch_size, lr and schedule stay as they are, but the
+    # dual head's batch attention sees only the micro-batch.
+    accumulation_steps: int = 1
     # Record the loss of every iteration in iterations.csv as well as per epoch.
     log_iteration_loss: bool = False
     # Save best.pt whenever the reported mAP improves.
@@ -170,7 +181,19 @@ def _read_preset(name: str) -> dict[str, Any]:
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
     text = resources.files(_PRESET_PACKAGE).joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    raw = yaml.safe_load(text) or {}
+    # A preset may say `extends: OTHER` and list only what differs (the memory-limited
+    # variants of a paper preset), so a change to the paper preset reaches them too.
+    base = raw.pop("extends", None)
+    return _merged(_read_preset(base), raw) if base else raw
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both_dicts else value
+    return out
 
 
 def load_config(
@@ -335,6 +358,16 @@ def validate(cfg: Config) -> None:
     if m.head == "dual" and t.batch_size < 2:
         raise ConfigError(
             "train.batch_size must be >= 2 for the dual head: it attends across the batch"
+        )
+    if t.accumulation_steps < 1 or t.batch_size % t.accumulation_steps:
+        raise ConfigError(
+            f"train.accumulation_steps={t.accumulation_steps} must be >= 1 and divide "
+            f"train.batch_size={t.batch_size}"
+        )
+    if m.head == "dual" and t.batch_size // t.accumulation_steps < 2:
+        raise ConfigError(
+            "train.batch_size / train.accumulation_steps must be >= 2 for the dual head: "
+            "each micro-batch attends across itself"
         )
     if not 0.0 < t.pct_start < 1.0:
         raise ConfigError(f"train.pct_start={t.pct_start} is not in (0, 1)")
