@@ -2,8 +2,9 @@
 writes the run record.
 
 One loop for the CPU and the GPU. On CUDA it adds bf16 autocast, channels_last, fused AdamW,
-torch.compile (falling back to eager if compilation fails), pinned memory with non-blocking copies, persistent workers, and DDP
-under `torchrun`. On the CPU it is exactly reproducible: every epoch reseeds Python, NumPy,
+torch.compile (eager if compilation fails), pinned memory with non-blocking copies, persistent
+workers, and DDP under `torchrun`; activation checkpointing and gradient accumulation fit the
+model to smaller cards. On the CPU it is exactly reproducible: every epoch reseeds Python, NumPy,
 torch, the sampler and the loader workers from (seed, epoch), so a run resumed from the
 checkpoint of epoch e is bit-identical to one that never stopped.
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -157,9 +158,24 @@ def test_gpu_check_script_runs_through_on_the_cpu(tmp_path, tiny_embedded_root):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "=== gpu_check: all steps passed" in proc.stdout
     for name in ("train_step.md", "train_step.csv", "evaluate_speed.md", "evaluate_speed.csv",
-                 "smoke_history.csv", "smoke_metrics.json", "gpu_check.log"):  # fmt: skip
+                 "profile.md", "smoke_history.csv", "smoke_metrics.json", "gpu_check.log"):  # fmt: skip
         assert (out / name).is_file(), name
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back
+    with (out / "train_step.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["ok"] * 7  # the dry run has no time budget
+    assert rows[0]["reference"] == "True"
+    presets = [
+        (r["accumulation_steps"], r["checkpointing"], r["memory_limit_gib"]) for r in rows[1:3]
+    ]
+    assert presets == [("2", "none", "24.0"), ("4", "all", "8.0")]  # from the presets themselves
+    profile = (out / "profile.md").read_text()
+    for part in ("forward", "backward", "optimizer", "EMA", "backbone", "BatchFormerV2 stream",
+                 "decoder"):  # fmt: skip
+        assert part in profile, part
+    smoke = json.loads((out / "smoke_metrics.json").read_text())
+    assert smoke["micro_batch_size"] == 16 and smoke["effective_batch_size"] == 32
+    assert smoke["compiled"] is False  # the CPU: train.compile=auto stays eager
 
 
 def test_the_engine_imports_without_the_annotation_libraries(tmp_path):
@@ -177,3 +193,16 @@ def test_the_engine_imports_without_the_annotation_libraries(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+def test_activation_memory_counts_less_with_checkpointing():
+    """benchmarks/activation_memory.py (meta device, no compute): the ratios the 8 GB preset's
+    plan uses must order as checkpointing promises."""
+    spec = importlib.util.spec_from_file_location(
+        "activation_memory", BENCH / "activation_memory.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    count = {m: module.saved_bytes_per_image("embedded", m, batch=4) for m in module.MODES}
+    assert 0 < count["all"] < min(count["backbone"], count["head"])
+    assert max(count["backbone"], count["head"]) < count["none"]
