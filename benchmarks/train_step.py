@@ -750,6 +750,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "into profile.md (see benchmarks/profile_step.py)",
     )  # fmt: skip
     p.add_argument("--profile-steps", type=int, default=5, help="steps per profile view")
+    p.add_argument("--stem", default="train_step", help="--out file names: STEM.md, STEM.csv")
+    p.add_argument(
+        "--reference-csv", type=Path, default=None,
+        help="without a reference row: take the reference loop's images/s for the ratio column "
+        "from this CSV of an earlier run on the same machine",
+    )  # fmt: skip
     return parse_common(p, argv)
 
 
@@ -881,12 +887,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if peak
             else "- TFLOP/s: matmul + convolution FLOPs (FlopCounterMode, math attention) "
             "per step / time; % of peak: n/a on the CPU",
-            "- ratio to reference: images/s over the Query2Label-style loop's, same process",
+            "- ratio to reference: images/s over the Query2Label-style loop's, "
+            + (
+                "same process"
+                if not args.reference_csv
+                else f"same process, else from {args.reference_csv.name} (an earlier process)"
+            ),
         ]
     )
     print(header, flush=True)
     results: list[Result] = []
     flops_cache: dict[tuple[str, int], int] = {}
+    earlier_ref = _reference_rate(args.reference_csv)
     start = time.perf_counter()
     to_profile = None
     if args.profile:
@@ -914,7 +926,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             after=_profiler(args, sc, cfg, device) if sc is to_profile else None,
         )
         results.append(r)
-        ref_rate = next((x.images_per_s for x in results if x.config.reference), math.nan)
+        ref_rate = next((x.images_per_s for x in results if x.config.reference), earlier_ref)
         for x in results:
             x.ratio_to_reference = x.images_per_s / ref_rate if ref_rate > 0 else math.nan
         print(
@@ -924,7 +936,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         if args.out:
-            write_outputs(args.out, "train_step", header, results)
+            write_outputs(args.out, args.stem, header, results)
 
     print()
     print(markdown_table(results))
@@ -934,6 +946,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("\n".join(["", *flops_lines]))
     return _verdict(results)
+
+
+def _reference_rate(path: Path | None) -> float:
+    """The reference loop's images/s from an earlier run's CSV (nan when absent)."""
+    if path is None or not path.is_file():
+        return math.nan
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            if row.get("reference") == "True" and row.get("images_per_s"):
+                return float(row["images_per_s"])
+    return math.nan
 
 
 def _profiler(args: argparse.Namespace, sc: StepConfig, cfg: Config, device: torch.device):

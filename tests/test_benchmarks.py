@@ -157,23 +157,24 @@ def test_gpu_check_script_runs_through_on_the_cpu(tmp_path, tiny_embedded_root):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "=== gpu_check: all steps passed" in proc.stdout
-    for name in ("train_step.md", "train_step.csv", "evaluate_speed.md", "evaluate_speed.csv",
-                 "profile.md", "smoke_history.csv", "smoke_metrics.json", "gpu_check.log"):  # fmt: skip
+    for name in ("train_memory.md", "train_memory.csv", "train_step.md", "train_step.csv",
+                 "profile.md", "evaluate_speed.md", "evaluate_speed.csv", "gpu_check.log"):  # fmt: skip
         assert (out / name).is_file(), name
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back
+    with (out / "train_memory.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["reference"] for r in rows] == ["True", "False", "False"]
+    presets = [(r["accumulation_steps"], r["checkpointing"], r["memory_limit_gib"]) for r in rows]
+    assert presets[1:] == [("2", "none", "24.0"), ("4", "all", "8.0")]  # from the presets
     with (out / "train_step.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["status"] for r in rows] == ["ok"] * 7  # the dry run has no time budget
-    assert rows[0]["reference"] == "True"
-    presets = [
-        (r["accumulation_steps"], r["checkpointing"], r["memory_limit_gib"]) for r in rows[1:3]
-    ]
-    assert presets == [("2", "none", "24.0"), ("4", "all", "8.0")]  # from the presets themselves
+    assert [r["status"] for r in rows] == ["ok"] * 4  # the dry run has no time budget
+    assert all(float(r["ratio_to_reference"]) > 0 for r in rows)  # from train_memory.csv
     profile = (out / "profile.md").read_text()
     for part in ("forward", "backward", "optimizer", "EMA", "backbone", "BatchFormerV2 stream",
                  "decoder"):  # fmt: skip
         assert part in profile, part
-    smoke = json.loads((out / "smoke_metrics.json").read_text())
+    smoke = json.loads((tmp_path / "mlic-smoke" / "metrics.json").read_text())
     assert smoke["micro_batch_size"] == 16 and smoke["effective_batch_size"] == 32
     assert smoke["compiled"] is False  # the CPU: train.compile=auto stays eager
 
