@@ -337,6 +337,11 @@ def _is_integral(value: Any) -> bool:
 
 
 def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):  # e.g. train.compile: "auto" or a bool
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    if origin is Literal:
+        return " or ".join(map(repr, typing.get_args(hint)))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

@@ -291,3 +291,21 @@ def test_the_memory_presets_are_the_paper_preset_in_micro_batches(name, k, ckpt)
         {"activation_checkpointing"} if ckpt == "none" else set()
     )
     assert small.train.batch_size // k >= 2  # each micro-batch can train the dual head
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.compile=maybe", "train.compile"),
+        ("train.activation_checkpointing=some", "train.activation_checkpointing"),
+        ("train.accumulation_steps=0", "train.accumulation_steps"),
+        ("train.accumulation_steps=3", "train.accumulation_steps"),  # 32 images do not split
+        ("train.accumulation_steps=32", "train.accumulation_steps"),  # micro-batches of 1: dual
+    ],
+)
+def test_bad_gpu_path_settings_are_one_line_errors_naming_the_key(override, named):
+    from mlic.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config("embedded", [override])
+    assert named in str(info.value) and "\n" not in str(info.value)
