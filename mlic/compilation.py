@@ -56,9 +56,6 @@ class Compiled:
         self.compiled = compiled
         self.succeeded = False  # one call of the compiled module has finished
 
-    def __call__(self, *args, **kwargs):  # convenience: the module that runs now
-        return (self.compiled or self.eager)(*args, **kwargs)
-
 
 class Compiler:
     """The run's compile decision and its state: compiled until the first failure, then eager
