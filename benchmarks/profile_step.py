@@ -127,6 +127,11 @@ def kernel_table(step: Callable[[], Any], device: torch.device, steps: int, top:
         for evt in prof.events():
             if evt.device_type == DeviceType.CUDA:
                 per_name[evt.name] += evt.time_range.elapsed_us() / 1e3 / steps
+        if not per_name:  # a profiler that does not list kernels as events: operators' device time
+            for evt in prof.key_averages():
+                ms = (getattr(evt, "self_device_time_total", 0) or 0) / 1e3 / steps
+                if ms > 0:
+                    per_name[evt.key] += ms
     else:  # the CPU dry run: aten operators' own time
         for evt in prof.key_averages():
             if evt.key.startswith("aten::"):

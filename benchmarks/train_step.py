@@ -5,10 +5,12 @@ batch that already sits on the device (images in [0, 1], multi-hot targets with 
 of 80) and times full training steps: forward, ASL on both streams, backward, AdamW, EMA.
 Each optimisation has its own flag, so its share can be measured:
 
-    python benchmarks/train_step.py                              # bf16 + channels_last + fused
+    python benchmarks/train_step.py                              # CUDA defaults: + compile
     python benchmarks/train_step.py --precision fp16 --no-channels-last --compile default
     python benchmarks/train_step.py --matrix --out results/bench  # every variant, one table
     python benchmarks/train_step.py --preset embedded --matrix    # CPU-sized
+    python benchmarks/train_step.py --row reference --row compile=default,ckpt=all \
+        --row preset=paper-coco-448-8gb,card=8,compile=none --profile --out results/bench
 
 Every run also times the *reference*: the same architecture trained the way Query2Label's
 `main_mlc.py` does (eager, fp16 autocast around model and loss, GradScaler, NCHW, AdamW with
