@@ -36,6 +36,7 @@ from train_step import (  # noqa: E402  (a sibling script, not a package)
     peak_memory,
     release,
     reset_peak_memory,
+    resolve_compile_mode,
     synchronize,
     synthetic_batch,
 )
@@ -56,6 +57,7 @@ COLUMNS = (
     "pct_of_peak",
     "peak_memory_gib",
     "peak_memory_kind",
+    "first_batch_seconds",
     "gflop_per_image",
     "warmup",
     "steps",
@@ -75,6 +77,7 @@ class EvalResult:
     pct_of_peak: float = math.nan
     peak_memory_gib: float = math.nan
     peak_memory_kind: str = ""
+    first_batch_seconds: float = math.nan  # includes compilation when compiled
     gflop_per_image: float = math.nan
     warmup: int = 0
     steps: int = 0
@@ -91,8 +94,9 @@ def describe(rt: Runtime, compile_mode: str) -> str:
 @torch.no_grad()
 def time_eval(
     cfg: Config, rt: Runtime, *, batch_size: int, warmup: int, steps: int, compile_mode: str
-) -> tuple[float, float]:
-    """(timed seconds, peak memory GiB) of `warmup + steps` batches through the eval loop body."""
+) -> tuple[float, float, float]:
+    """(timed seconds, peak memory GiB, seconds of the first batch) of `warmup + steps` batches
+    through the eval loop body."""
     num_classes = 80 if cfg.data.dataset == "coco" else 20
     images, _ = synthetic_batch(batch_size, cfg.data.image_size, num_classes, rt.device)
     reset_peak_memory(rt.device)
@@ -110,7 +114,10 @@ def time_eval(
             logits = net(images)  # [B, K]
         return torch.sigmoid(logits.float()).cpu()  # as mlic.engine.predict: scores to the host
 
-    for _ in range(warmup):
+    t0 = time.perf_counter()
+    batch()  # the first batch: compilation (when compiled), cuDNN autotuning
+    first = time.perf_counter() - t0
+    for _ in range(warmup - 1):
         batch()
     synchronize(rt.device)
     start = time.perf_counter()
@@ -118,7 +125,7 @@ def time_eval(
         batch()
     synchronize(rt.device)
     seconds = time.perf_counter() - start
-    return seconds, peak_memory(rt.device)[0]
+    return seconds, peak_memory(rt.device)[0], first
 
 
 def measure(cfg: Config, rt: Runtime, args: argparse.Namespace, peak: float | None) -> EvalResult:
@@ -137,7 +144,7 @@ def measure(cfg: Config, rt: Runtime, args: argparse.Namespace, peak: float | No
     result.gflop_per_image = flops / batch_size / 1e9
     error = None
     try:
-        seconds, memory = time_eval(
+        seconds, memory, first = time_eval(
             cfg,
             rt,
             batch_size=batch_size,
@@ -154,6 +161,7 @@ def measure(cfg: Config, rt: Runtime, args: argparse.Namespace, peak: float | No
         result.status = error
         return result
     result.seconds, result.peak_memory_gib = seconds, memory
+    result.first_batch_seconds = first
     result.images_per_s = batch_size * args.steps / seconds
     result.tflops = flops * args.steps / seconds / 1e12
     if peak:
@@ -168,8 +176,8 @@ def _fmt(value: float, spec: str, suffix: str = "") -> str:
 def markdown_table(results: Sequence[EvalResult]) -> str:
     lines = [
         "| configuration | image size | batch | device | images/s | TFLOP/s | % of peak "
-        "| peak memory |",
-        "|" + "---|" * 8,
+        "| peak memory | first batch |",
+        "|" + "---|" * 9,
     ]
     for r in results:
         if r.status == "ok":
@@ -181,9 +189,10 @@ def markdown_table(results: Sequence[EvalResult]) -> str:
                 _fmt(r.tflops, ".3f" if r.tflops < 10 else ".1f"),
                 _fmt(r.pct_of_peak, ".1f", "%"),
                 memory,
+                _fmt(r.first_batch_seconds, ".1f", " s"),
             ]
         else:
-            cells = [r.status, "", "", ""]
+            cells = [r.status, "", "", "", ""]
         lines.append(
             f"| {r.configuration} | {r.image_size} | {r.batch_size} | {r.device} | "
             + " | ".join(cells)
@@ -236,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             Runtime(rt.device, rt.dist, rt.amp_dtype, args.channels_last) for rt in runtimes
         ]
     device = runtimes[0].device
+    args.compile = resolve_compile_mode(args.compile, device)  # auto: as the engine
     peak = args.peak_tflops or (H100_BF16_PEAK_TFLOPS if device.type == "cuda" else None)
     m = base.model
     header = "\n".join(

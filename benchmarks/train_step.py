@@ -5,10 +5,12 @@ batch that already sits on the device (images in [0, 1], multi-hot targets with 
 of 80) and times full training steps: forward, ASL on both streams, backward, AdamW, EMA.
 Each optimisation has its own flag, so its share can be measured:
 
-    python benchmarks/train_step.py                              # bf16 + channels_last + fused
+    python benchmarks/train_step.py                              # CUDA defaults: + compile
     python benchmarks/train_step.py --precision fp16 --no-channels-last --compile default
     python benchmarks/train_step.py --matrix --out results/bench  # every variant, one table
     python benchmarks/train_step.py --preset embedded --matrix    # CPU-sized
+    python benchmarks/train_step.py --row reference --row compile=default,ckpt=all \
+        --row preset=paper-coco-448-8gb,card=8,compile=none --profile --out results/bench
 
 Every run also times the *reference*: the same architecture trained the way Query2Label's
 `main_mlc.py` does (eager, fp16 autocast around model and loss, GradScaler, NCHW, AdamW with
@@ -47,6 +49,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from mlic.compilation import resolve_compile
 from mlic.config import Config, load_config
 from mlic.distributed import DistInfo
 from mlic.engine import Runtime, build_ema, make_runtime, param_groups, training_step
@@ -77,6 +80,9 @@ CSV_COLUMNS = (
     "fused_adamw",
     "head",
     "batch_size",
+    "accumulation_steps",
+    "checkpointing",
+    "memory_limit_gib",
     "sdpa_backend",
     "image_size",
     "device",
@@ -86,6 +92,8 @@ CSV_COLUMNS = (
     "pct_of_peak",
     "peak_memory_gib",
     "peak_memory_kind",
+    "peak_reserved_gib",
+    "first_step_seconds",
     "ratio_to_reference",
     "loss_first",
     "loss_last",
@@ -112,6 +120,9 @@ class StepConfig:
     batch_size: int
     sdpa_backend: str = "auto"
     reference: bool = False
+    accumulation_steps: int = 1  # micro-batches per optimizer step (train.accumulation_steps)
+    checkpointing: str = "none"  # train.activation_checkpointing: none | backbone | head | all
+    memory_limit_gib: float = 0.0  # a card of this many GiB (allocator capped below it); 0: none
 
     def label(self, device: torch.device, base_head: str) -> str:
         default_adamw = "foreach" if device.type == "cuda" else "for-loop"
@@ -128,7 +139,25 @@ class StepConfig:
             parts.append(f"{self.head} head" + (" (no BF)" if self.head == "transformer" else ""))
         if self.sdpa_backend != "auto":
             parts.append(f"SDPA {self.sdpa_backend}")
+        if self.accumulation_steps > 1:
+            micro = self.batch_size // self.accumulation_steps
+            parts.append(f"{self.accumulation_steps} micro-batches of {micro}")
+        if self.checkpointing != "none":
+            parts.append(f"checkpointing {self.checkpointing}")
+        if self.memory_limit_gib:
+            parts.append(
+                f"{self.memory_limit_gib:g} GiB card (limit {card_limit_gib(self.memory_limit_gib):g} GiB)"
+            )
         return ", ".join(parts)
+
+
+CONTEXT_RESERVE_GIB = 1.0  # what a card loses to the CUDA context, cuBLAS/cuDNN and the display
+
+
+def card_limit_gib(card_gib: float) -> float:
+    """The allocator's cap that stands in for a card of `card_gib` GiB: its memory less what
+    the CUDA context and libraries take outside PyTorch's allocator."""
+    return card_gib - CONTEXT_RESERVE_GIB
 
 
 @dataclass
@@ -143,6 +172,8 @@ class Result:
     pct_of_peak: float = math.nan
     peak_memory_gib: float = math.nan
     peak_memory_kind: str = ""
+    peak_reserved_gib: float = math.nan  # what the caching allocator held (CUDA)
+    first_step_seconds: float = math.nan  # the first warm-up step: compilation, cuDNN autotuning
     ratio_to_reference: float = math.nan
     losses: list[float] | None = None
     warmup: int = 0
@@ -394,7 +425,7 @@ def engine_step(
     sc: StepConfig,
 ) -> Callable[[], Tensor]:
     """The engine's step (mlic/engine.py, train_one_epoch): autocast around the model only,
-    ASL in float32 on both streams, no host sync, timm's ModelEmaV3 (foreach lerp)."""
+    ASL in float32 on both streams, no host sync, the engine's EMA (mlic/ema.py)."""
     groups = param_groups(model, cfg.train.weight_decay)
     fused = True if sc.fused_adamw else None
     optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, fused=fused)
@@ -406,14 +437,20 @@ def engine_step(
     if sc.compile != "none":
         train_model = torch.compile(model, mode=sc.compile)
 
-    def step() -> Tensor:
+    def step_with(net: Callable, loss: Callable) -> Tensor:
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         # The engine's own step (forward, ASL on both streams, backward, AdamW), then its EMA.
-        loss = training_step(train_model, loss_fn, optimizer, images, targets, rt, scaler=scaler)
+        out = training_step(net, loss, optimizer, images, targets, rt, scaler=scaler,
+                            accumulation_steps=sc.accumulation_steps)  # fmt: skip
         ema.update(model)
-        return loss
+        return out
 
+    def step() -> Tensor:
+        return step_with(train_model, loss_fn)
+
+    # For benchmarks/profile_step.py: the same step with the model and the loss wrapped.
+    step.parts = (step_with, train_model, loss_fn, optimizer)
     return step
 
 
@@ -429,8 +466,11 @@ def run_config(
     warmup: int,
     steps: int,
     seed: int = 0,
-) -> tuple[list[float], float, float]:
-    """Train `warmup + steps` steps; returns (losses, timed seconds, peak memory GiB)."""
+    after: Callable[..., None] | None = None,
+) -> tuple[list[float], float, float, float, float]:
+    """Train `warmup + steps` steps; returns (losses, timed seconds, peak memory GiB, peak
+    reserved GiB, seconds of the first step). `after(step, model, rt, images)` runs once the
+    steps are timed (the profile of this configuration)."""
     cfg = _with_head(cfg, sc.head)
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[sc.precision]
     rt = Runtime(device=device, dist=DistInfo(), amp_dtype=amp, channels_last=sc.channels_last)
@@ -440,6 +480,8 @@ def run_config(
     with device:  # initialise the weights where they will live (fast for the paper's 200 M)
         model = build_model_from_config(cfg.model, num_classes)
     model.train()
+    ckpt = sc.checkpointing
+    model.set_grad_checkpointing(backbone=ckpt in ("backbone", "all"), head=ckpt in ("head", "all"))
     if sc.channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
@@ -449,18 +491,28 @@ def run_config(
         step = engine_step(model, images, targets, cfg, rt, sc)
     backend = SDPA_BACKENDS[sc.sdpa_backend]
     losses: list[Any] = []
+    first = math.nan
     with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
-        for _ in range(warmup):
+        for i in range(warmup):
+            t0 = time.perf_counter()
             losses.append(step())
+            if i == 0:
+                synchronize(device)
+                first = time.perf_counter() - t0
         synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
             losses.append(step())
         synchronize(device)
         seconds = time.perf_counter() - start
-    values = [float(v) for v in (torch.stack(losses).cpu() if not sc.reference else losses)]
-    memory, _ = peak_memory(device)
-    return values, seconds, memory
+        values = [float(v) for v in (torch.stack(losses).cpu() if not sc.reference else losses)]
+        memory, _ = peak_memory(device)
+        reserved = (
+            torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else math.nan
+        )
+        if after is not None and not sc.reference:
+            after(step, model, rt, images)
+    return values, seconds, memory, reserved, first
 
 
 def measure(
@@ -474,6 +526,7 @@ def measure(
     peak_tflops: float | None,
     flops_cache: dict[tuple[str, int], int],
     base_head: str,
+    after: Callable[..., None] | None = None,
 ) -> Result:
     """Run one configuration and turn it into a table row; OOM and kernel errors become a status."""
     result = Result(
@@ -491,14 +544,23 @@ def measure(
     flops = flops_cache[key]
     result.gflop_per_image = flops / sc.batch_size / 1e9
     error: str | None = None
+    limit = sc.memory_limit_gib and device.type == "cuda"
+    if limit:  # stand in for a smaller card: cap PyTorch's allocator
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(
+            card_limit_gib(sc.memory_limit_gib) * 2**30 / total, device
+        )
     try:
-        losses, seconds, memory = run_config(
-            sc, cfg, device, num_classes=num_classes, warmup=warmup, steps=steps
+        losses, seconds, memory, reserved, first = run_config(
+            sc, cfg, device, num_classes=num_classes, warmup=warmup, steps=steps, after=after
         )
     except torch.OutOfMemoryError:
         error = "OOM"
     except RuntimeError as exc:  # e.g. no SDPA kernel for this head size, a compile failure
         error = "failed: " + (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+    finally:
+        if limit:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
     release(device, compiled=sc.compile != "none")
     if error is not None:
         result.status = error
@@ -506,6 +568,8 @@ def measure(
     result.losses = losses
     result.seconds = seconds
     result.peak_memory_gib = memory
+    result.peak_reserved_gib = reserved
+    result.first_step_seconds = first
     if not all(math.isfinite(v) for v in losses[warmup:]):
         result.status = "failed: non-finite loss"
     if seconds > 0 and steps > 0:
@@ -530,9 +594,9 @@ def _fmt(value: float, spec: str, suffix: str = "") -> str:
 def markdown_table(results: Sequence[Result]) -> str:
     header = (
         "| configuration | batch | device | images/s | TFLOP/s | % of peak | peak memory "
-        "| ratio to reference | loss first → last |"
+        "| peak reserved | first step | ratio to reference | loss first → last |"
     )
-    lines = [header, "|" + "---|" * 9]
+    lines = [header, "|" + "---|" * 11]
     for r in results:
         if r.status == "ok":
             memory = _fmt(r.peak_memory_gib, ".2f", " GiB")
@@ -544,11 +608,13 @@ def markdown_table(results: Sequence[Result]) -> str:
                 _fmt(r.tflops, ".3f" if r.tflops < 10 else ".1f"),
                 _fmt(r.pct_of_peak, ".1f", "%"),
                 memory,
+                _fmt(r.peak_reserved_gib, ".2f", " GiB"),
+                _fmt(r.first_step_seconds, ".1f", " s"),
                 _fmt(r.ratio_to_reference, ".2f", "×"),
                 loss,
             ]
         else:
-            cells = [r.status, "", "", "", "", ""]
+            cells = [r.status, "", "", "", "", "", "", ""]
         lines.append(
             f"| {r.label} | {r.config.batch_size} | {r.device} | " + " | ".join(cells) + " |"
         )
@@ -573,6 +639,8 @@ def write_outputs(out: Path, stem: str, header: str, results: Sequence[Result]) 
                 pct_of_peak=_csv(r.pct_of_peak),
                 peak_memory_gib=_csv(r.peak_memory_gib),
                 peak_memory_kind=r.peak_memory_kind,
+                peak_reserved_gib=_csv(r.peak_reserved_gib),
+                first_step_seconds=_csv(r.first_step_seconds),
                 ratio_to_reference=_csv(r.ratio_to_reference),
                 loss_first=_csv(r.loss_first),
                 loss_last=_csv(r.loss_last),
@@ -611,7 +679,10 @@ def add_common_arguments(
         "--channels-last", action=argparse.BooleanOptionalAction, default=None,
         help="default: the preset's train.channels_last on CUDA, off on the CPU (as the engine)",
     )  # fmt: skip
-    p.add_argument("--compile", choices=COMPILE_MODES, default="none")
+    p.add_argument(
+        "--compile", choices=("auto", *COMPILE_MODES), default="auto",
+        help="auto: 'default' on CUDA, none on the CPU (as the engine's train.compile=auto)",
+    )  # fmt: skip
     p.add_argument(
         "--peak-tflops", type=float, default=None,
         help=f"for '%% of peak' (default on CUDA: {H100_BF16_PEAK_TFLOPS:g}, the H100's measured "
@@ -664,7 +735,64 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--time-budget", type=float, default=0,
         help="seconds; skip the matrix's remaining configurations after this (0: no limit)",
     )  # fmt: skip
+    p.add_argument("--accumulation-steps", type=int, default=None,
+                   help="micro-batches per optimizer step (default: the preset's)")  # fmt: skip
+    p.add_argument("--checkpointing", choices=CHECKPOINTING, default=None,
+                   help="activation checkpointing (default: the preset's)")  # fmt: skip
+    p.add_argument(
+        "--row", action="append", default=[], metavar="KEY=VALUE,...",
+        help="instead of --matrix: one configuration per --row, changed from the requested one by "
+        "reference (the Q2L loop), batch=N, compile=MODE, ckpt=none|backbone|head|all, accum=K, "
+        "card=GIB (cap the allocator as a card of GIB GiB), head=dual|transformer, and "
+        "preset=NAME (batch, accum and ckpt of that preset)",
+    )  # fmt: skip
+    p.add_argument(
+        "--profile", action="store_true",
+        help="after the first compiled configuration (else the first engine one), profile its step "
+        "into profile.md (see benchmarks/profile_step.py)",
+    )  # fmt: skip
+    p.add_argument("--profile-steps", type=int, default=5, help="steps per profile view")
+    p.add_argument("--stem", default="train_step", help="--out file names: STEM.md, STEM.csv")
+    p.add_argument(
+        "--reference-csv", type=Path, default=None,
+        help="without a reference row: take the reference loop's images/s for the ratio column "
+        "from this CSV of an earlier run on the same machine",
+    )  # fmt: skip
     return parse_common(p, argv)
+
+
+CHECKPOINTING = ("none", "backbone", "head", "all")
+
+
+def parse_row(spec: str, requested: StepConfig, reference: StepConfig) -> StepConfig:
+    """A --row: `reference` or KEY=VALUE pairs applied to the requested configuration."""
+    items = [item.strip() for item in spec.split(",") if item.strip()]
+    sc = reference if "reference" in items else requested
+    for item in items:
+        if item == "reference":
+            continue
+        key, _, value = item.partition("=")
+        if key == "preset":
+            train = load_config(value).train
+            sc = replace(sc, batch_size=train.batch_size, accumulation_steps=train.accumulation_steps,
+                         checkpointing=train.activation_checkpointing)  # fmt: skip
+        elif key == "batch":
+            sc = replace(sc, batch_size=int(value))
+        elif key == "compile" and value in COMPILE_MODES:
+            sc = replace(sc, compile=value)
+        elif key == "ckpt" and value in CHECKPOINTING:
+            sc = replace(sc, checkpointing=value)
+        elif key == "accum":
+            sc = replace(sc, accumulation_steps=int(value))
+        elif key == "card":
+            sc = replace(sc, memory_limit_gib=float(value))
+        elif key == "head" and value in ("dual", "transformer", "gap"):
+            sc = replace(sc, head=value)
+        else:
+            raise MlicError(f"--row {spec!r}: cannot read {item!r}")
+    if sc.batch_size % sc.accumulation_steps:
+        raise MlicError(f"--row {spec!r}: accum={sc.accumulation_steps} does not divide the batch")
+    return sc
 
 
 def base_config(args: argparse.Namespace) -> Config:
@@ -692,12 +820,21 @@ def requested_config(args: argparse.Namespace, cfg: Config, device: torch.device
     return StepConfig(
         precision=precision,
         channels_last=channels_last,
-        compile=args.compile,
+        compile=resolve_compile_mode(args.compile, device),
         fused_adamw=cuda if args.fused_adamw is None else args.fused_adamw,
         head=head,
         batch_size=cfg.train.batch_size,
         sdpa_backend=args.sdpa_backend,
+        accumulation_steps=args.accumulation_steps or cfg.train.accumulation_steps,
+        checkpointing=args.checkpointing or cfg.train.activation_checkpointing,
     )
+
+
+def resolve_compile_mode(mode: str, device: torch.device) -> str:
+    """--compile auto: as the engine's train.compile=auto, 'default' on CUDA, none on the CPU."""
+    if mode != "auto":
+        return mode
+    return "default" if resolve_compile("auto", device) else "none"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -713,7 +850,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cuda = device.type == "cuda"
     peak = args.peak_tflops if args.peak_tflops else (H100_BF16_PEAK_TFLOPS if cuda else None)
     requested = requested_config(args, cfg, device)
-    if args.matrix:
+    if args.row:
+        ref = matrix_configs(device, requested, batch_sizes=[], compile_modes=[], sdpa_backends=[])
+        try:
+            configs = [parse_row(spec, requested, ref[0]) for spec in args.row]
+        except (MlicError, ValueError) as exc:
+            print(f"train_step: error: {exc}", file=sys.stderr)
+            return 2
+    elif args.matrix:
         b = requested.batch_size
         configs = matrix_configs(
             device,
@@ -745,13 +889,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             if peak
             else "- TFLOP/s: matmul + convolution FLOPs (FlopCounterMode, math attention) "
             "per step / time; % of peak: n/a on the CPU",
-            "- ratio to reference: images/s over the Query2Label-style loop's, same process",
+            "- ratio to reference: images/s over the Query2Label-style loop's, "
+            + (
+                "same process"
+                if not args.reference_csv
+                else f"same process, else from {args.reference_csv.name} (an earlier process)"
+            ),
         ]
     )
     print(header, flush=True)
     results: list[Result] = []
     flops_cache: dict[tuple[str, int], int] = {}
+    earlier_ref = _reference_rate(args.reference_csv)
     start = time.perf_counter()
+    to_profile = None
+    if args.profile:
+        engine_rows = [c for c in configs if not c.reference]
+        to_profile = next((c for c in engine_rows if c.compile != "none"), None) or next(
+            iter(engine_rows), None
+        )
     for sc in configs:
         if args.time_budget and time.perf_counter() - start > args.time_budget:
             label = sc.label(device, cfg.model.head)
@@ -769,9 +925,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             peak_tflops=peak,
             flops_cache=flops_cache,
             base_head=cfg.model.head,
+            after=_profiler(args, sc, cfg, device) if sc is to_profile else None,
         )
         results.append(r)
-        ref_rate = next((x.images_per_s for x in results if x.config.reference), math.nan)
+        ref_rate = next((x.images_per_s for x in results if x.config.reference), earlier_ref)
         for x in results:
             x.ratio_to_reference = x.images_per_s / ref_rate if ref_rate > 0 else math.nan
         print(
@@ -781,7 +938,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         if args.out:
-            write_outputs(args.out, "train_step", header, results)
+            write_outputs(args.out, args.stem, header, results)
 
     print()
     print(markdown_table(results))
@@ -791,6 +948,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("\n".join(["", *flops_lines]))
     return _verdict(results)
+
+
+def _reference_rate(path: Path | None) -> float:
+    """The reference loop's images/s from an earlier run's CSV (nan when absent)."""
+    if path is None or not path.is_file():
+        return math.nan
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            if row.get("reference") == "True" and row.get("images_per_s"):
+                return float(row["images_per_s"])
+    return math.nan
+
+
+def _profiler(args: argparse.Namespace, sc: StepConfig, cfg: Config, device: torch.device):
+    """The callback that profiles one configuration's step (benchmarks/profile_step.py)."""
+    import profile_step as ps
+
+    def run(step, model, rt, images) -> None:
+        step_with, net, loss_fn, optimizer = step.parts
+        n = args.profile_steps
+        t0 = time.perf_counter()
+        phases = ps.phase_split(step_with, net, loss_fn, optimizer, device, n)
+        kernels = ps.kernel_table(step, device, max(1, n // 2))
+        optimizer.zero_grad(set_to_none=True)  # the parts below only need the activations' room
+        parts = ps.part_split(model, images, rt.autocast, device, warmup=1, steps=n)
+        with rt.autocast():
+            eager_ms = ps._fwd_bwd_ms(lambda: model(images), device, 1, n)
+        title = f"Profile of one training step: {sc.label(device, cfg.model.head)}, batch {sc.batch_size}"
+        notes = [
+            f"device: {device_name(device)}; torch {torch.__version__}; preset {args.preset}, "
+            f"{cfg.data.image_size} px; {n} steps per view (kernels: {max(1, n // 2)})",
+            "phases and kernels: the configuration's own step (compiled if it is); parts: the "
+            "same model eager, each part's forward + backward alone (a sum of squares as loss)",
+            f"profiled in {time.perf_counter() - t0:.1f} s",
+        ]
+        text = ps.markdown(title, phases, kernels, parts, eager_ms, notes)
+        print(text, flush=True)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "profile.md").write_text(text)
+
+    return run
 
 
 def _verdict(results: Sequence[Result]) -> int:

@@ -27,6 +27,8 @@ TargetMixing = Literal["area", "union"]
 # learned class queries and other embeddings).
 WeightDecayExempt = Literal["none", "norm_bias", "norm_bias_queries"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+CompileSetting = Literal["auto"] | bool
+Checkpointing = Literal["none", "backbone", "head", "all"]
 
 DEFAULT_SPLITS = {
     "coco": {"train": "train2014", "val": "val2014"},
@@ -136,8 +138,17 @@ class TrainConfig:
     device: str = "auto"
     precision: Precision = "auto"
     channels_last: bool = True
-    compile: bool = False
+    # torch.compile of the training and evaluation forward passes. "auto": on CUDA (measured
+    # 1.7x the eager step on an H200), off on the CPU; a compile failure falls back to eager.
+    compile: CompileSetting = "auto"
     compile_mode: str = "default"
+    # Memory for compute: recompute activations in backward instead of keeping them (timm's
+    # set_grad_checkpointing for the backbone; torch.utils.checkpoint per head layer).
+    activation_checkpointing: Checkpointing = "none"
+    # Split each optimizer batch into this many micro-batches (forward + backward each, one
+    # optimizer/EMA/scheduler step): batch_size, lr and schedule stay as they are, but the
+    # dual head's batch attention sees only the micro-batch.
+    accumulation_steps: int = 1
     # Record the loss of every iteration in iterations.csv as well as per epoch.
     log_iteration_loss: bool = False
     # Save best.pt whenever the reported mAP improves.
@@ -184,7 +195,19 @@ def _read_preset(name: str) -> dict[str, Any]:
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
     text = resources.files(_PRESET_PACKAGE).joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    raw = yaml.safe_load(text) or {}
+    # A preset may say `extends: OTHER` and list only what differs (the memory-limited
+    # variants of a paper preset), so a change to the paper preset reaches them too.
+    base = raw.pop("extends", None)
+    return _merged(_read_preset(base), raw) if base else raw
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both_dicts else value
+    return out
 
 
 def load_config(
@@ -328,6 +351,11 @@ def _is_integral(value: Any) -> bool:
 
 
 def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):  # e.g. train.compile: "auto" or a bool
+        return " or ".join(_type_name(arg) for arg in typing.get_args(hint))
+    if origin is Literal:
+        return " or ".join(map(repr, typing.get_args(hint)))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
@@ -356,6 +384,16 @@ def validate(cfg: Config) -> None:
         )
     if t.weight_decay < 0:
         raise ConfigError(f"train.weight_decay={t.weight_decay} must be >= 0")
+    if t.accumulation_steps < 1 or t.batch_size % t.accumulation_steps:
+        raise ConfigError(
+            f"train.accumulation_steps={t.accumulation_steps} must be >= 1 and divide "
+            f"train.batch_size={t.batch_size}"
+        )
+    if m.head == "dual" and t.batch_size // t.accumulation_steps < 2:
+        raise ConfigError(
+            "train.batch_size / train.accumulation_steps must be >= 2 for the dual head: "
+            "each micro-batch attends across itself"
+        )
     if not 0.0 < t.pct_start < 1.0:
         raise ConfigError(f"train.pct_start={t.pct_start} is not in (0, 1)")
     if not 0.0 <= t.ema_decay < 1.0:

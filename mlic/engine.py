@@ -2,8 +2,9 @@
 writes the run record.
 
 One loop for the CPU and the GPU. On CUDA it adds bf16 autocast, channels_last, fused AdamW,
-optional torch.compile, pinned memory with non-blocking copies, persistent workers, and DDP
-under `torchrun`. On the CPU it is exactly reproducible: every epoch reseeds Python, NumPy,
+torch.compile (eager if compilation fails), pinned memory with non-blocking copies, persistent
+workers, and DDP under `torchrun`; activation checkpointing and gradient accumulation fit the
+model to smaller cards. On the CPU it is exactly reproducible: every epoch reseeds Python, NumPy,
 torch, the sampler and the loader workers from (seed, epoch), so a run resumed from the
 checkpoint of epoch e is bit-identical to one that never stopped.
 """
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm  # plain bars: notebooks turn them off (not a terminal)
 
 from mlic.checkpoint import check_architecture, load_checkpoint, load_weights, save_checkpoint
+from mlic.compilation import Compiler, resolve_compile
 from mlic.config import Config, DataConfig, from_dict, load_config
 from mlic.data import build_dataset, collate_skip_unreadable, cutmix, to_model_input
 from mlic.data.checks import unseen_in_training
@@ -70,6 +72,8 @@ class Runtime:
     dist: DistInfo
     amp_dtype: torch.dtype | None
     channels_last: bool
+    # torch.compile for training and evaluation (None: eager; benchmarks compile themselves).
+    compiler: Compiler | None = None
 
     @property
     def cuda(self) -> bool:
@@ -103,7 +107,9 @@ def make_runtime(cfg: Config) -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    return Runtime(device, info, amp_dtype, cfg.train.channels_last and device.type == "cuda")
+    compiler = Compiler(resolve_compile(cfg.train.compile, device), cfg.train.compile_mode)
+    channels_last = cfg.train.channels_last and device.type == "cuda"
+    return Runtime(device, info, amp_dtype, channels_last, compiler)
 
 
 def seed_everything(seed: int) -> None:
@@ -232,9 +238,10 @@ def build_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
 
 
 def build_ema(model: nn.Module, cfg: Config):
-    from timm.utils import ModelEmaV3
+    """timm's ModelEmaV3 with its update on cached tensor lists (mlic/ema.py): per optimizer step."""
+    from mlic.ema import ForeachEma
 
-    return ModelEmaV3(model, decay=cfg.train.ema_decay)
+    return ForeachEma(model, decay=cfg.train.ema_decay)
 
 
 # --------------------------------------------------------------------------- one epoch
@@ -258,6 +265,8 @@ def train_one_epoch(
     """One pass over the training split. Returns the epoch's mean loss (ASL per sample), the lr
     at its end, throughput, skipped images and (optionally) the loss of every iteration."""
     model.train()
+    compiler = rt.compiler or Compiler(False)
+    net = compiler.wrap(model)  # compiled once per run (cached), eager after a failure
     mix_gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch) + 1)
     loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
     iteration_losses: list[torch.Tensor] = []
@@ -290,10 +299,11 @@ def train_one_epoch(
                 mode=cfg.data.cutmix_targets,
                 generator=mix_gen,
             )
-        loss = training_step(
-            model, loss_fn, optimizer, images, targets, rt, scaler=scaler,
-            grad_clip=cfg.train.grad_clip,
+        loss = compiler.run(
+            net, training_step, loss_fn, optimizer, images, targets, rt, scaler=scaler,
+            grad_clip=cfg.train.grad_clip, accumulation_steps=cfg.train.accumulation_steps,
         )  # fmt: skip
+        # One optimizer step, so one scheduler step and one EMA update, whatever the micro-batches.
         scheduler.step()
         ema.update(ema_target)
 
@@ -347,19 +357,37 @@ def training_step(
     *,
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float = 0.0,
+    accumulation_steps: int = 1,
 ) -> torch.Tensor:
     """Forward, ASL on every stream, backward and the optimiser step; returns the detached loss
-    without a host sync. Shared with benchmarks/train_step.py, so it times this very code."""
-    with rt.autocast():
-        logits = model(images)  # [B, K], or [2B, K] for the dual head in training
-    # §1.2: both streams of the dual head are supervised with the same labels.
-    streams = logits.shape[0] // targets.shape[0]
-    loss = loss_fn(logits.float(), targets.repeat(streams, 1))
+    without a host sync. Shared with benchmarks/train_step.py, so it times this very code.
+
+    With `accumulation_steps` k > 1 the batch is split into k micro-batches, each forwarded and
+    backpropagated on its own, its loss weighted by its share of the images; the optimizer then
+    steps once on the summed gradients, as for the whole batch. That is exact for a model whose
+    rows do not interact; the dual head's batch attention and BatchNorm then see one
+    micro-batch at a time. The returned loss is the batch's (the weighted sum).
+    """
     optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-    else:
-        loss.backward()
+    total = torch.zeros((), device=images.device)
+    count = images.shape[0]
+    k = accumulation_steps
+    pieces = list(zip(images.tensor_split(k), targets.tensor_split(k), strict=True))
+    for i, (micro_images, micro_targets) in enumerate(pieces):
+        # DDP: all-reduce the gradients once, after the last micro-batch.
+        no_sync = getattr(model, "no_sync", None) if i < len(pieces) - 1 else None
+        with no_sync() if no_sync is not None else contextlib.nullcontext():
+            with rt.autocast():
+                logits = model(micro_images)  # [b, K], or [2b, K] for the dual head in training
+            # §1.2: both streams of the dual head are supervised with the same labels.
+            streams = logits.shape[0] // micro_targets.shape[0]
+            loss = loss_fn(logits.float(), micro_targets.repeat(streams, 1))
+            loss = loss * (micro_images.shape[0] / count)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        total += loss.detach()
     if grad_clip > 0:
         if scaler is not None:
             scaler.unscale_(optimizer)  # clip the true gradients (scaler.step then skips it)
@@ -369,7 +397,7 @@ def training_step(
         scaler.update()
     else:
         optimizer.step()
-    return loss.detach()
+    return total
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
@@ -394,6 +422,8 @@ def predict(
     """Sigmoid scores, targets and ignore masks for every image of `dataset`, in dataset order,
     each image counted exactly once even under DDP."""
     model.eval()
+    compiler = rt.compiler or Compiler(False)
+    net = compiler.wrap(model)  # compiled once per model and run, eager after a failure
     sampler = ShardSampler(len(dataset), rt.dist.rank, rt.dist.world_size)
     loader = _loader(dataset, cfg.train.eval_batch_size, sampler, cfg, rt, train=False)
     scores, targets, ignores = [], [], []
@@ -403,8 +433,7 @@ def predict(
         if num_skipped:
             raise MlicError("an image of the evaluation split could not be decoded")
         images = _images_to_device(images, rt, cfg.data)
-        with rt.autocast():
-            logits = model(images)
+        logits = compiler.run(net, _forward, images, rt)
         scores.append(torch.sigmoid(logits.float()))  # stays on the device: no sync per batch
         targets.append(target)
         ignores.append(ignore)
@@ -414,6 +443,11 @@ def predict(
         torch.cat(x).cpu() if x else torch.empty(0, num_classes) for x in (scores, targets, ignores)
     ]
     return tuple(gather_by_index(indices, pieces, rt.dist))
+
+
+def _forward(model: nn.Module, images: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    with rt.autocast():
+        return model(images)
 
 
 def evaluate(model: nn.Module, dataset, cfg: Config, rt: Runtime, progress: bool = False) -> dict:
@@ -506,7 +540,10 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
     model = build_model_from_config(model_cfg, num_classes=len(class_names)).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    ckpt = cfg.train.activation_checkpointing
+    model.set_grad_checkpointing(backbone=ckpt in ("backbone", "all"), head=ckpt in ("head", "all"))
     per_rank_batch = cfg.train.batch_size // rt.dist.world_size
+    _check_micro_batch(per_rank_batch, cfg.train.accumulation_steps, model.min_training_batch)
     sampler = EpochShuffleSampler(len(train_set), per_rank_batch, cfg.train.seed, rt.dist)
     train_loader = _loader(train_set, per_rank_batch, sampler, cfg, rt, train=True)
     steps_per_epoch = len(sampler) // per_rank_batch
@@ -547,8 +584,6 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
         train_model = DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.cuda else None
         )
-    if cfg.train.compile:
-        train_model = torch.compile(train_model, mode=cfg.train.compile_mode)
 
     wall_start = time.perf_counter()
     results: dict[str, Any] = {}
@@ -649,6 +684,30 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
     return metrics
 
 
+def _check_micro_batch(per_rank_batch: int, accumulation_steps: int, minimum: int) -> None:
+    if per_rank_batch % accumulation_steps or per_rank_batch // accumulation_steps < minimum:
+        raise MlicError(
+            f"the batch of {per_rank_batch} images per process does not split into "
+            f"train.accumulation_steps={accumulation_steps} micro-batches of >= {minimum} images"
+        )
+
+
+def execution_metrics(cfg: Config, rt: Runtime) -> dict[str, Any]:
+    """How the run executed (metrics.json): compiled or eager (and why), the memory plan, and
+    the batch each forward pass saw: the dual head's batch attention spans the micro-batch."""
+    k = cfg.train.accumulation_steps
+    per_rank = cfg.train.batch_size // rt.dist.world_size
+    compiler = rt.compiler or Compiler(False)
+    return {
+        "compiled": compiler.compiled,
+        "compile_fallback_reason": compiler.fallback_reason,
+        "activation_checkpointing": cfg.train.activation_checkpointing,
+        "accumulation_steps": k,
+        "micro_batch_size": per_rank // k,
+        "effective_batch_size": per_rank * rt.dist.world_size,
+    }
+
+
 def _resume_state(cfg: Config, run_dir: Path, last_path: Path) -> dict | None:
     if not last_path.exists():
         return None  # nothing to resume: start from scratch
@@ -725,6 +784,7 @@ def _final_metrics(
         "wall_seconds": wall,
         "train_seconds": train_seconds,
         "train_images_per_s": train_images / train_seconds if train_seconds else 0.0,
+        **execution_metrics(cfg, rt),
         "complete": True,
     }
 
@@ -865,6 +925,7 @@ def evaluate_checkpoint(
         "split": cfg.data.split("val"),
         "image_size": cfg.data.image_size,
         "device": _device_name(rt),
+        "compiled": rt.compiler.compiled if rt.compiler else False,
         "seconds": seconds,
         "images_per_s": metrics["num_images"] / seconds if seconds else 0.0,
     }

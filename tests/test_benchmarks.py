@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -156,10 +157,26 @@ def test_gpu_check_script_runs_through_on_the_cpu(tmp_path, tiny_embedded_root):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "=== gpu_check: all steps passed" in proc.stdout
-    for name in ("train_step.md", "train_step.csv", "evaluate_speed.md", "evaluate_speed.csv",
-                 "smoke_history.csv", "smoke_metrics.json", "gpu_check.log"):  # fmt: skip
+    for name in ("train_memory.md", "train_memory.csv", "train_step.md", "train_step.csv",
+                 "profile.md", "evaluate_speed.md", "evaluate_speed.csv", "gpu_check.log"):  # fmt: skip
         assert (out / name).is_file(), name
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back
+    with (out / "train_memory.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["reference"] for r in rows] == ["True", "False", "False"]
+    presets = [(r["accumulation_steps"], r["checkpointing"], r["memory_limit_gib"]) for r in rows]
+    assert presets[1:] == [("2", "none", "24.0"), ("4", "all", "8.0")]  # from the presets
+    with (out / "train_step.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["ok"] * 4  # the dry run has no time budget
+    assert all(float(r["ratio_to_reference"]) > 0 for r in rows)  # from train_memory.csv
+    profile = (out / "profile.md").read_text()
+    for part in ("forward", "backward", "optimizer", "EMA", "backbone", "BatchFormerV2 stream",
+                 "decoder"):  # fmt: skip
+        assert part in profile, part
+    smoke = json.loads((tmp_path / "mlic-smoke" / "metrics.json").read_text())
+    assert smoke["micro_batch_size"] == 16 and smoke["effective_batch_size"] == 32
+    assert smoke["compiled"] is False  # the CPU: train.compile=auto stays eager
 
 
 def test_the_engine_imports_without_the_annotation_libraries(tmp_path):
@@ -203,3 +220,16 @@ def test_ap_interpolation_measures_a_non_negative_gap():
     rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| 300 |")]
     assert len(rows) == len(module.SEPARATIONS)
     assert all(float(r.split("|")[5].strip()) >= 0 for r in rows)
+
+
+def test_activation_memory_counts_less_with_checkpointing():
+    """benchmarks/activation_memory.py (meta device, no compute): the ratios the 8 GB preset's
+    plan uses must order as checkpointing promises."""
+    spec = importlib.util.spec_from_file_location(
+        "activation_memory", BENCH / "activation_memory.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    count = {m: module.saved_bytes_per_image("embedded", m, batch=4) for m in module.MODES}
+    assert 0 < count["all"] < min(count["backbone"], count["head"])
+    assert max(count["backbone"], count["head"]) < count["none"]

@@ -85,6 +85,18 @@ class MultiLabelClassifier(nn.Module):
         features = self.backbone.forward_features(images)  # [B, C, S/32, S/32]
         return self.head(features)
 
+    def set_grad_checkpointing(self, backbone: bool = True, head: bool = True) -> None:
+        """Activation checkpointing (memory for compute): timm's own for the backbone (every
+        residual block recomputed in backward), torch.utils.checkpoint per encoder layer, the
+        BatchFormerV2 stream and per decoder layer for the head. The loss and the gradients
+        stay those of the plain model; BatchNorm layers of the backbone see their forward twice,
+        so their running statistics take two momentum updates per step (timm's behaviour)."""
+        self.backbone.set_grad_checkpointing(backbone)
+        for part in ("encoder", "decoder"):
+            module = getattr(self.head, part, None)
+            if module is not None:
+                module.grad_checkpointing = head
+
     @torch.no_grad()
     def cross_attention(self, images: Tensor) -> Tensor:
         """Eval-mode cross-attention of each class query in the last decoder layer: [B, K, h, w].

@@ -12,12 +12,22 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 BatchFormerMode = Literal["none", "shared", "separate"]
 
 
 def _add(x: Tensor, pos: Tensor | None) -> Tensor:
     return x if pos is None else x + pos
+
+
+def _maybe_checkpoint(enabled: bool, module: nn.Module, layer, *args):
+    """`layer(*args)`, or the same recomputed in backward instead of keeping its activations
+    (activation checkpointing: non-reentrant, and the RNG state is restored, so dropout draws
+    the same masks again and the gradients are those of the plain call)."""
+    if enabled and module.training and torch.is_grad_enabled():
+        return checkpoint(layer, *args, use_reentrant=False)
+    return layer(*args)
 
 
 class EncoderLayer(nn.Module):
@@ -86,6 +96,12 @@ class DecoderLayer(nn.Module):
         return self.norm2(tgt + self.dropout2(ffn)), weights
 
 
+def _decoder_tokens(
+    layer: DecoderLayer, tgt: Tensor, memory: Tensor, pos: Tensor | None, query_pos: Tensor | None
+) -> Tensor:
+    return layer(tgt, memory, pos, query_pos)[0]
+
+
 def batch_attention(layer: EncoderLayer, tokens: Tensor) -> Tensor:
     """BatchFormerV2 (§1.2, eq. (2)): attention ACROSS THE BATCH at every token position.
 
@@ -141,16 +157,19 @@ class TransformerEncoder(nn.Module):
         self.batch_layer = (
             EncoderLayer(d_model, 4, d_model, dropout=0.5) if batchformer == "separate" else None
         )
+        self.grad_checkpointing = False  # set by MultiLabelClassifier.set_grad_checkpointing
 
     def forward(self, src: Tensor, pos: Tensor | None) -> Tensor:
         """src [B, L, d], pos [1, L, d] -> memory [B, L, d] (eval) or [2B, L, d] (training + branch)."""
         x = src
+        ckpt = self.grad_checkpointing
         for i, layer in enumerate(self.layers):
-            x = layer(x, pos)
+            x = _maybe_checkpoint(ckpt, self, layer, x, pos)
             if i == 0 and self.training and self.batchformer != "none":
                 branch_layer = self.layers[0] if self.batch_layer is None else self.batch_layer
                 # Stream 1: x as it is; stream 2: x attended across the batch.
-                x = torch.cat([x, batch_attention(branch_layer, x)], dim=0)  # [2B, L, d]
+                stream2 = _maybe_checkpoint(ckpt, self, batch_attention, branch_layer, x)
+                x = torch.cat([x, stream2], dim=0)  # [2B, L, d]
         return x
 
 
@@ -167,6 +186,7 @@ class TransformerDecoder(nn.Module):
             DecoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
+        self.grad_checkpointing = False  # set by MultiLabelClassifier.set_grad_checkpointing
 
     def forward(
         self, memory: Tensor, pos: Tensor | None, query_pos: Tensor, need_weights: bool = False
@@ -180,5 +200,11 @@ class TransformerDecoder(nn.Module):
         weights = None
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
-            tgt, weights = layer(tgt, memory, pos, query_pos, need_weights=need_weights and last)
+            if need_weights and last:  # attention maps are for inspection, never checkpointed
+                tgt, weights = layer(tgt, memory, pos, query_pos, need_weights=True)
+            else:
+                tgt = _maybe_checkpoint(
+                    self.grad_checkpointing, self, _decoder_tokens, layer, tgt, memory, pos,
+                    query_pos,
+                )  # fmt: skip
         return self.norm(tgt), weights
