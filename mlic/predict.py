@@ -153,13 +153,16 @@ def predict_files(
     trained, files: Sequence[Path], *, batch_size: int | None = None, progress: bool = False
 ) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:
     """(files predicted, scores [N, K], skipped (file, reason)) for a loaded run (`Trained`),
-    through the engine's evaluation path (its loader, device copy and autocast)."""
+    through the engine's evaluation path (its loader, device copy, autocast and compiled forward)."""
     from torch.utils.data import SequentialSampler
 
-    from mlic.engine import _images_to_device, _loader
+    from mlic.compilation import Compiler
+    from mlic.engine import _forward, _images_to_device, _loader
 
     cfg, rt, model = trained.cfg, trained.rt, trained.model
     model.eval()
+    compiler = rt.compiler or Compiler(False)
+    net = compiler.wrap(model)  # compiled on CUDA as in evaluation; eager after a failure
     dataset = ImageFiles(files, build_transforms(cfg.data, train=False, uint8=True))
     loader = _loader(
         dataset, batch_size or cfg.train.eval_batch_size, SequentialSampler(dataset), cfg, rt,
@@ -176,8 +179,7 @@ def predict_files(
         if not positions:
             continue
         images = _images_to_device(images, rt, cfg.data)
-        with rt.autocast():
-            logits = model(images)  # [B, K]
+        logits = compiler.run(net, _forward, images, rt)  # [B, K]
         scores.append(torch.sigmoid(logits.float()).cpu())
         done.extend(positions)
     k = len(trained.class_names)
