@@ -24,6 +24,7 @@ from mlic.config import load_config
 from mlic.errors import MlicError
 from mlic.plan import PlannedRun, runs
 from mlic.runrecord import read_metrics
+from mlic.safeload import load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -55,7 +56,7 @@ def recorded_config_matches(run_dir: Path, preset: str, overrides: list[str]) ->
     config = run_dir / "config.yaml"
     if not config.is_file():
         return None
-    return yaml.safe_load(config.read_text()) == load_config(preset, overrides).to_dict()
+    return load_yaml(config) == load_config(preset, overrides).to_dict()
 
 
 def is_complete(run_dir: Path, preset: str, overrides: list[str]) -> bool:

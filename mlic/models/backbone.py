@@ -15,7 +15,7 @@ from timm.layers import SplitAttn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mlic.checkpoint import load_weights
+from mlic.checkpoint import describe_load_error, load_weights
 from mlic.errors import CheckpointError, ConfigError, MlicError
 
 
@@ -73,7 +73,7 @@ def load_backbone_weights(model: nn.Module, path: Path) -> None:
         state = timm.models.load_state_dict(str(path))
     except Exception as exc:  # any unreadable user file: pickle, zip, safetensors errors
         raise CheckpointError(
-            f"{path}: cannot read backbone weights ({type(exc).__name__}: {_first_line(exc)})"
+            f"{path}: cannot read backbone weights: {describe_load_error(exc)}"
         ) from None
     own = model.state_dict()
     classifier = model.pretrained_cfg.get("classifier") or ()
