@@ -29,7 +29,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load on the CPU whatever device wrote it; refuse anything that is not our checkpoint."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        what = "not a regular file" if path.exists() else "no such checkpoint file"
+        raise CheckpointError(f"{path}: {what}")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": our line says it
             warnings.simplefilter("ignore")

@@ -128,6 +128,8 @@ def reproduce(
     gpus: int | None = None,
 ) -> None:
     """Train what is missing, then rebuild tables and figures (written under `results`)."""
+    if gpus is not None and gpus < 1:
+        raise MlicError(f"--gpus {gpus}: needs at least one GPU (leave it out for one process)")
     results = Path(results).resolve()
     plan = runs(family, seeds=seeds, only=list(only) if only else None)
     todo = []

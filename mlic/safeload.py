@@ -27,7 +27,7 @@ MAX_YAML_BYTES = 1 << 20  # 1 MiB: a resolved config.yaml is about 2 KB
 MAX_TEXT_BYTES = 64 << 20  # 64 MiB: VOC image-set lists, classes.txt
 MAX_XML_BYTES = 4 << 20  # 4 MiB per VOC annotation (a real one is about 1 KB)
 MAX_DEPTH = 64  # nesting of JSON arrays/objects and YAML collections (COCO needs 5)
-_CHUNK = 1 << 20  # 1 MiB read at a time by the JSON depth scan, whatever the file's size
+_CHUNK = 1 << 18  # 256 KiB read at a time by the JSON depth scan (it needs ~10x that)
 
 
 def open_regular(path: str | Path, error: type[MlicError] = DataError) -> BinaryIO:
@@ -149,19 +149,22 @@ def _check_json_depth(handle: BinaryIO, path: Path, max_depth: int) -> None:
             run_before = np.where(prev_non_bs == -1, run_before + run, run_before)
             quotes = (b == _QUOTE) & (run_before % 2 == 0)
             trailing = b.size - 1 - int(last_non_bs[-1])
-        # Inside a string: an odd number of unescaped quotes before (and including) the byte.
-        toggles = np.cumsum(quotes) + int(in_string)
-        inside = (toggles % 2 == 1) | quotes
-        step = np.where(inside, np.int8(0), _STEP[b]).astype(np.int32)
-        levels = depth + np.cumsum(step, dtype=np.int64)
+        # Inside a string: an odd number of unescaped quotes up to and including the byte.
+        parity = np.cumsum(quotes, dtype=np.int32)
+        np.bitwise_and(parity, 1, out=parity)
+        inside = parity.astype(bool) ^ in_string
+        step = _STEP[b]  # a fresh int8 array
+        step[inside | quotes] = 0
+        levels = np.cumsum(step, dtype=np.int32)
+        levels += depth
         if levels.size and int(levels.max()) > max_depth:
             where = offset + int(np.argmax(levels > max_depth))
             raise DataError(
                 f"{path}: JSON nested deeper than the limit of {max_depth} levels "
                 f"(at byte {where:,})"
             )
-        depth = int(levels[-1]) if levels.size else depth
-        in_string = bool(toggles[-1] % 2 == 1)
+        depth = int(levels[-1])
+        in_string = bool(inside[-1])  # the state after the chunk's last byte
         run = run + trailing if trailing == b.size else trailing
         offset += b.size
 

@@ -158,6 +158,8 @@ def generate_embedded(
     root = Path(root)
     if num_train < 1 or num_val < 1:
         raise DataError(f"{root}: the embedded dataset needs at least one train and one val image")
+    if not 0 <= seed < 2**32:
+        raise DataError(f"{root}: seed={seed} is not in [0, 2**32)")
     if image_size < 32:
         raise DataError(f"{root}: image_size={image_size} is below 32 px")
     _refuse_foreign_folder(root)

@@ -16,6 +16,8 @@ DATASETS = ("coco", "voc")
 
 def read_split(dataset: str, root: str | Path, split: str) -> SplitIndex:
     """The labels of one split: `root` holds `annotations/` (COCO) or `VOC2007/` (VOC)."""
+    if split in ("", ".", "..") or any(c in split for c in "/\\\x00"):
+        raise DataError(f"split {split[:60]!r} is not a split name (no '/', '\\', '.' or '..')")
     if dataset == "coco":
         from mlic.data.coco import read_coco
 
