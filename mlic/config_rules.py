@@ -139,8 +139,30 @@ def _three_channels(cfg: Any) -> str | None:
     return None
 
 
+def _backbone_kwargs_sizes(cfg: Any) -> str | None:
+    """timm allocates whatever widths backbone_kwargs asks for: bound every number in it."""
+    stack = [cfg.model.backbone_kwargs]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif (
+            isinstance(item, int | float)
+            and not isinstance(item, bool)
+            and not abs(item) <= MAX_WIDTH  # NaN fails too
+        ):
+            return (
+                f"model.backbone_kwargs holds {short_repr(item)}: numbers there must be "
+                f"finite and at most {MAX_WIDTH} in size (the limit bounds the memory)"
+            )
+    return None
+
+
 RELATIONS: list[Callable[[Any], str | None]] = [
     _three_channels,
+    _backbone_kwargs_sizes,
     _d_model_divisible,
     _dual_needs_two,
 ]

@@ -134,6 +134,7 @@ def mlic_many(commands: list[tuple[str, list[str]]], cwd: Path, timeout: float =
         ("name=../../escape", "name", ""),
         ("data.val_split=../train2014", "data.val_split", ""),
         ("data.mean=[&a [1], *a]", "data.mean", ""),  # an alias on the command line
+        ("model.backbone_kwargs={channels: [64, 64, 64, 1000000000]}", "backbone_kwargs", ""),
     ],
 )
 def test_configuration_values_out_of_range_are_refused(tmp_path, override, named, not_named):
