@@ -27,6 +27,11 @@ MAX_YAML_BYTES = 1 << 20  # 1 MiB: a resolved config.yaml is about 2 KB
 MAX_TEXT_BYTES = 64 << 20  # 64 MiB: VOC image-set lists, classes.txt
 MAX_XML_BYTES = 4 << 20  # 4 MiB per VOC annotation (a real one is about 1 KB)
 MAX_DEPTH = 64  # nesting of JSON arrays/objects and YAML collections (COCO needs 5)
+# What a JSON file may make the parser build, counted by the same scan: arrays/objects, and
+# values (commas + containers). A few bytes of JSON become ~60-100 bytes of Python objects,
+# so these, not the file size, bound the parser's memory (at worst about 8 GB).
+MAX_JSON_CONTAINERS = 1 << 25  # 33.5 M
+MAX_JSON_VALUES = 1 << 27  # 134 M
 _CHUNK = 1 << 18  # 256 KiB read at a time by the JSON depth scan (it needs ~10x that)
 
 
@@ -93,19 +98,25 @@ def read_text(path: str | Path, max_bytes: int, error: type[MlicError] = DataErr
 def load_json(
     path: str | Path, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH
 ) -> Any:
-    """Parse a JSON file after checking its size and nesting depth.
+    """Parse a JSON file after checking its size, nesting depth and number of values.
 
-    The depth is checked by a streaming scan in fixed-size chunks before the parser sees the
-    file, so a file of `[[[[...` is refused after reading one chunk, without building anything;
-    only a file that passes both limits is parsed (its memory then grows with the file, which
-    the size limit bounds).
+    A streaming scan in fixed-size chunks checks the depth and counts the containers and
+    values before the parser sees the file, so a file of `[[[[...` is refused after reading one
+    chunk, and one of `[{},{},...]` (3 bytes per dict) before a dict is built: the parser's
+    memory is bounded by what it may build, not only by the file's size.
     """
     path = Path(path)
     with open_regular(path) as handle:
         size = os.fstat(handle.fileno()).st_size
         if size > max_bytes:
             raise DataError(f"{path}: {size:,} bytes, over the limit of {max_bytes:,} bytes")
-        _check_json_depth(handle, path, max_depth)
+        containers, values = _check_json_depth(handle, path, max_depth)
+        for count, limit, what in (
+            (containers, MAX_JSON_CONTAINERS, "arrays and objects"),
+            (values, MAX_JSON_VALUES, "values"),
+        ):
+            if count > limit:
+                raise DataError(f"{path}: {count:,} {what}, over the limit of {limit:,}")
         handle.seek(0)
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -114,26 +125,28 @@ def load_json(
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid JSON (not UTF-8 text at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({one_line(exc)})") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+        raise DataError(f"{path}: not valid JSON ({one_line(exc)[:200]})") from None
     except RecursionError:  # pragma: no cover - the depth scan refuses this first
         raise DataError(f"{path}: JSON nested too deeply") from None
 
 
-_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
 _STEP = np.zeros(256, dtype=np.int8)
 _STEP[[ord("["), ord("{")]] = 1
 _STEP[[ord("]"), ord("}")]] = -1
 
 
-def _check_json_depth(handle: BinaryIO, path: Path, max_depth: int) -> None:
-    """Refuse nesting deeper than `max_depth`, reading `_CHUNK` bytes at a time (vectorised).
+def _check_json_depth(handle: BinaryIO, path: Path, max_depth: int) -> tuple[int, int]:
+    """Refuse nesting deeper than `max_depth`, reading `_CHUNK` bytes at a time (vectorised);
+    returns the number of containers and of values (commas + containers) outside strings.
 
     Brackets inside strings do not count: a quote opens or closes a string unless an odd run of
     backslashes precedes it. The state carried between chunks is whether we are inside a
     string, the backslash run at the chunk's end, and the depth.
     """
     in_string, run, depth, offset = False, 0, 0, 0
+    containers = commas = 0
     while chunk := handle.read(_CHUNK):
         b = np.frombuffer(chunk, dtype=np.uint8)
         is_bs = b == _BACKSLASH
@@ -155,6 +168,8 @@ def _check_json_depth(handle: BinaryIO, path: Path, max_depth: int) -> None:
         inside = parity.astype(bool) ^ in_string
         step = _STEP[b]  # a fresh int8 array
         step[inside | quotes] = 0
+        containers += int(np.count_nonzero(step == 1))
+        commas += int(np.count_nonzero((b == _COMMA) & ~inside))
         levels = np.cumsum(step, dtype=np.int32)
         levels += depth
         if levels.size and int(levels.max()) > max_depth:
@@ -167,6 +182,7 @@ def _check_json_depth(handle: BinaryIO, path: Path, max_depth: int) -> None:
         in_string = bool(inside[-1])  # the state after the chunk's last byte
         run = run + trailing if trailing == b.size else trailing
         offset += b.size
+    return containers, commas + containers
 
 
 # --------------------------------------------------------------------------- YAML

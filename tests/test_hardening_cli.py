@@ -229,10 +229,11 @@ def stats(root: Path, cwd: Path, *extra: str, dataset: str = "coco", split: str 
          "'annotations' is missing"),
         ("[" * 30_000_000, "limit of 64"),  # 30 MB of nesting: refused after one chunk
         ('{"images": [1, 2', "not valid JSON"),
+        ('{"images": [{"id": ' + "7" * 5000 + "}]}", "not valid JSON"),  # > 4300 digits
         (b'{"images": \xff}', "not valid JSON"),
     ],
     ids=["id-list", "file-name-null", "huge-width", "image-id-list", "category-id-str",
-         "annotation-without-id", "name-dict", "no-annotations", "deep", "truncated", "not-utf8"],
+         "annotation-without-id", "name-dict", "no-annotations", "deep", "truncated", "huge-int", "not-utf8"],
 )  # fmt: skip
 def test_coco_fields_of_the_wrong_type_are_refused(tmp_path, data, named):
     root = coco_tree(tmp_path / "coco", data)

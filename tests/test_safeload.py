@@ -76,6 +76,27 @@ def test_deep_json_is_refused_in_bounded_memory_and_time(tmp_path):
     assert seconds < 5, seconds
 
 
+def test_json_that_would_build_too_many_objects_is_refused_before_parsing(tmp_path, monkeypatch):
+    monkeypatch.setattr(safeload, "MAX_JSON_CONTAINERS", 50)
+    monkeypatch.setattr(safeload, "MAX_JSON_VALUES", 100)
+    path = tmp_path / "many.json"
+    path.write_text("[" + ",".join(["{}"] * 60) + "]")  # 61 containers
+    with pytest.raises(DataError, match="61 arrays and objects, over the limit of 50"):
+        safeload.load_json(path)
+    path.write_text("[" + ",".join(["0"] * 150) + ', "a,b,c,d"]')  # commas in strings: not values
+    with pytest.raises(DataError, match="151 values, over the limit of 100"):
+        safeload.load_json(path)
+    path.write_text('[1, 2, {"a": [3, "x,y"]}]')
+    assert safeload.load_json(path) == [1, 2, {"a": [3, "x,y"]}]
+
+
+def test_an_integer_of_thousands_of_digits_is_invalid_json_not_a_crash(tmp_path):
+    path = tmp_path / "int.json"
+    path.write_text("[" + "7" * 5000 + "]")  # Python refuses to convert > 4300 digits
+    with pytest.raises(DataError, match="not valid JSON"):
+        safeload.load_json(path)
+
+
 def test_json_size_limit_is_checked_before_reading(tmp_path):
     path = tmp_path / "big.json"
     path.write_text("[" + "1," * 100 + "1]")
@@ -145,6 +166,8 @@ def test_the_readme_states_the_limits_the_code_applies():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = text[text.index("- **Bad input**") :]
     assert safeload.MAX_JSON_BYTES == 1 << 30 and "annotation JSON 1 GiB" in section
+    assert safeload.MAX_JSON_CONTAINERS == 2**25 and "2^25 arrays and objects" in section
+    assert safeload.MAX_JSON_VALUES == 2**27 and "2^27 values" in section
     assert f"nesting {safeload.MAX_DEPTH} levels" in section
     assert safeload._CHUNK == 256 << 10 and "256 KiB" in section
     assert safeload.MAX_YAML_BYTES == 1 << 20 and "file 1 MiB" in section
