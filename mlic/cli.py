@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -162,7 +163,8 @@ def _cmd_train(args) -> None:
     # Before importing torch: a bad value or an occupied run directory is refused at once.
     cfg = _config(args)
     run_dir = Path(args.run_dir or Path("results") / "runs" / cfg.name)
-    check_new_run(run_dir, resume=args.resume, overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 owns the run directory
+        check_new_run(run_dir, resume=args.resume, overwrite=args.overwrite)
     from mlic.engine import fit
 
     metrics = fit(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
