@@ -93,6 +93,12 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MlicError(f"train.device={name!r} but no CUDA device is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise MlicError(
+            f"train.device={name!r}: there are {torch.cuda.device_count()} CUDA devices"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise MlicError(f"train.device={name!r} but MPS is not available")
     return device
 
 
