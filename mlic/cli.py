@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MlicError as exc:
         print(f"mlic: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the environment (a full or read-only disk), not a bug: one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mlic: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mlic: interrupted", file=sys.stderr)
@@ -74,7 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train one configuration and write its run record")
     _add_config_args(s)
     s.add_argument("--run-dir", help="default: results/runs/<config name>")
-    s.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    again = s.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume", action="store_true", help="continue from the run's last checkpoint"
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run record already in the run directory (refused without this)",
+    )
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="evaluate a run directory or a checkpoint")
@@ -207,11 +220,16 @@ def _cmd_data_stats(args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from mlic.engine import fit
+    from mlic.runrecord import check_new_run
 
+    # Before importing torch: a bad value or an occupied run directory is refused at once.
     cfg = _config(args)
     run_dir = Path(args.run_dir or Path("results") / "runs" / cfg.name)
-    metrics = fit(cfg, run_dir, resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 owns the run directory
+        check_new_run(run_dir, resume=args.resume, overwrite=args.overwrite)
+    from mlic.engine import fit
+
+    metrics = fit(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
     best, last = metrics["best"], metrics["last"]
     print(
         f"{run_dir}: mAP {metrics['map']:.2f} % ({metrics['weights']} weights, best epoch "

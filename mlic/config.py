@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 import yaml
 
+from mlic.config_rules import problems, short_repr
 from mlic.errors import ConfigError
+from mlic.safeload import BoundedSafeLoader, load_yaml, parse_yaml
 
 DatasetName = Literal["coco", "voc", "csv"]
 HeadName = Literal["gap", "transformer", "dual"]
@@ -195,7 +197,7 @@ def _read_preset(name: str) -> dict[str, Any]:
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
     text = resources.files(_PRESET_PACKAGE).joinpath(f"{name}.yaml").read_text()
-    raw = yaml.safe_load(text) or {}
+    raw = parse_yaml(text, f"preset {name}", ConfigError) or {}
     # A preset may say `extends: OTHER` and list only what differs (the memory-limited
     # variants of a paper preset), so a change to the paper preset reaches them too.
     base = raw.pop("extends", None)
@@ -217,11 +219,11 @@ def load_config(
 ) -> Config:
     """A preset (or a resolved config.yaml), then `section.key=value` overrides on top."""
     if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read configuration ({exc})") from None
+        raw = load_yaml(path, ConfigError)
+        raw = {} if raw is None else raw
         source = str(path)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of configuration sections")
     else:
         raw = _read_preset(preset or "embedded")
         source = f"preset {preset or 'embedded'}"
@@ -238,10 +240,11 @@ def _split_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     key, value = text.split("=", 1)
-    # YAML parses numbers, booleans and lists ([a, b]) the way a user would type them.
+    # YAML parses numbers, booleans and lists ([a, b]) the way a user would type them; what does
+    # not parse (or uses an alias) stays a string, which the type check then names.
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
-    except yaml.YAMLError:
+        parsed = yaml.load(value, Loader=BoundedSafeLoader) if value != "" else ""  # noqa: S506
+    except (yaml.YAMLError, RecursionError):
         parsed = value
     return key.strip(), parsed
 
@@ -250,6 +253,8 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = raw
     for part in parts[:-1]:
+        if not isinstance(node, dict):
+            raise ConfigError(f"override key {key!r}: {part!r} is not a section")
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override key {key!r}: {part!r} is not a section")
@@ -266,10 +271,11 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'configuration'} must be a mapping")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted((k for k in raw if k not in known), key=str)
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key '{prefix}{unknown[0]}'; known keys: {', '.join(sorted(known))}"
+            f"{source}: unknown key {short_repr(prefix + str(unknown[0]))}; "
+            f"known keys: {', '.join(sorted(known))}"
         )
     kwargs = {}
     for name, value in raw.items():
@@ -281,8 +287,8 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
             kwargs[name] = _coerce(value, hint, key, source)
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as exc:  # validate() in Config.__post_init__: say where the values came from
+        raise ConfigError(f"{source}: {exc}") from None
     except TypeError as exc:  # pragma: no cover - guarded by the checks above
         raise ConfigError(f"{source}: {exc}") from None
 
@@ -291,11 +297,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Check (and gently convert) one value; papermill and YAML hand us strings and tuples."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    bad = ConfigError(f"{source}: {key}={value!r} is not a valid {_type_name(hint)}")
+    bad = ConfigError(f"{source}: {key}={short_repr(value)} is not a valid {_type_name(hint)}")
     if origin is Literal:
-        if value not in args:
+        if not isinstance(value, str | int | float | bool | None) or value not in args:
             raise ConfigError(
-                f"{source}: {key}={value!r} is not one of {', '.join(map(repr, args))}"
+                f"{source}: {key}={short_repr(value)} is not one of {', '.join(map(repr, args))}"
             )
         return value
     if origin in (types.UnionType, typing.Union):
@@ -316,7 +322,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             raise bad
         return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
     if origin is dict:
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise bad
         return dict(value)
     if hint is bool:
@@ -326,13 +332,13 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not _is_integral(value):
             raise bad
-        return int(value)
+        return value if isinstance(value, int) else int(float(value))
     if hint is float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise bad
         try:
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise bad from None
     if hint is str:
         if isinstance(value, str):
@@ -344,9 +350,13 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 
 def _is_integral(value: Any) -> bool:
+    if isinstance(value, int):
+        return True
+    if not isinstance(value, float | str):
+        return False
     try:
-        return float(value) == int(value)
-    except (TypeError, ValueError):
+        return float(value) == int(float(value))
+    except (TypeError, ValueError, OverflowError):
         return False
 
 
@@ -360,41 +370,8 @@ def _type_name(hint: Any) -> str:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a type alone cannot express."""
-    d, m, t = cfg.data, cfg.model, cfg.train
-    if d.image_size < 32:
-        raise ConfigError(f"data.image_size={d.image_size} is below the backbone's stride 32")
-    if len(d.mean) != 3 or len(d.std) != 3:
-        raise ConfigError("data.mean and data.std need three values (RGB)")
-    if any(s <= 0 for s in d.std):
-        raise ConfigError(f"data.std={d.std} must be positive")
-    if d.dataset == "csv" and not d.root:
-        raise ConfigError("data.dataset=csv needs data.root: the folder holding <split>.csv")
-    if not 0.0 <= d.calibration_fraction < 1.0:
-        raise ConfigError(f"data.calibration_fraction={d.calibration_fraction} is not in [0, 1)")
-    if not 0.0 <= d.cutmix_prob <= 1.0:
-        raise ConfigError(f"data.cutmix_prob={d.cutmix_prob} is not in [0, 1]")
-    if m.head != "gap" and m.d_model % m.nhead:
-        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.nhead={m.nhead}")
-    if t.epochs < 1 or t.batch_size < 1 or t.eval_batch_size < 1:
-        raise ConfigError("train.epochs, train.batch_size and train.eval_batch_size must be >= 1")
-    if m.head == "dual" and t.batch_size < 2:
-        raise ConfigError(
-            "train.batch_size must be >= 2 for the dual head: it attends across the batch"
-        )
-    if t.weight_decay < 0:
-        raise ConfigError(f"train.weight_decay={t.weight_decay} must be >= 0")
-    if t.accumulation_steps < 1 or t.batch_size % t.accumulation_steps:
-        raise ConfigError(
-            f"train.accumulation_steps={t.accumulation_steps} must be >= 1 and divide "
-            f"train.batch_size={t.batch_size}"
-        )
-    if m.head == "dual" and t.batch_size // t.accumulation_steps < 2:
-        raise ConfigError(
-            "train.batch_size / train.accumulation_steps must be >= 2 for the dual head: "
-            "each micro-batch attends across itself"
-        )
-    if not 0.0 < t.pct_start < 1.0:
-        raise ConfigError(f"train.pct_start={t.pct_start} is not in (0, 1)")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise ConfigError(f"train.ema_decay={t.ema_decay} is not in [0, 1)")
+    """Ranges, choices and relations of the values (`mlic.config_rules`); the first broken rule
+    is the error, naming its key and value."""
+    found = problems(cfg)
+    if found:
+        raise ConfigError(found[0])

@@ -29,7 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm  # plain bars: notebooks turn them off (not a terminal)
 
-from mlic.checkpoint import check_architecture, load_checkpoint, load_weights, save_checkpoint
+from mlic.checkpoint import (
+    check_architecture,
+    check_contents,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
 from mlic.compilation import Compiler, resolve_compile
 from mlic.config import Config, DataConfig, from_dict, load_config
 from mlic.data import build_dataset, collate_skip_unreadable, cutmix, to_model_input
@@ -51,7 +57,9 @@ from mlic.runrecord import (
     HISTORY_COLUMNS,
     ITERATION_COLUMNS,
     atomic_write_text,
+    check_new_run,
     git_commit,
+    remove_record,
     run_lock,
     software_versions,
     write_csv,
@@ -91,6 +99,12 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MlicError(f"train.device={name!r} but no CUDA device is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise MlicError(
+            f"train.device={name!r}: there are {torch.cuda.device_count()} CUDA devices"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise MlicError(f"train.device={name!r} but MPS is not available")
     return device
 
 
@@ -489,20 +503,35 @@ def _size_metrics(
 
 
 def fit(
-    cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool | None = None
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train one configuration and write its run record; returns the final metrics.
 
     `resume=True` continues from `run_dir/checkpoints/last.pt` (the end of the last finished
-    epoch); the configuration must match the one the run started with.
+    epoch); the configuration must match the one the run started with. A directory that holds
+    any part of a run record is refused (before anything is written) unless `resume` applies
+    or `overwrite=True`, which removes the old record first.
     """
     run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise MlicError("--resume and --overwrite exclude each other: continue or replace")
     rt = make_runtime(cfg)
     if progress is None:
         progress = sys.stderr.isatty()
     progress = progress and rt.dist.is_main
+    if rt.dist.is_main:
+        check_new_run(run_dir, resume=resume, overwrite=overwrite)  # before the lock writes
     lock = run_lock(run_dir) if rt.dist.is_main else contextlib.nullcontext()
     with lock:
+        if rt.dist.is_main:  # again under the lock: another run may have finished meanwhile
+            check_new_run(run_dir, resume=resume, overwrite=overwrite)
+            if overwrite:
+                remove_record(run_dir)
         return _fit(cfg, run_dir, rt, resume=resume, progress=progress)
 
 
@@ -512,7 +541,8 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
     state = _resume_state(cfg, run_dir, last_path) if resume else None
     if state is None and last_path.exists():
         raise MlicError(
-            f"{run_dir}: holds a run already; pass --resume to continue it or choose another --run-dir"
+            f"{run_dir}: holds a run already; pass --resume to continue it, --overwrite to "
+            "replace it, or choose another --run-dir"
         )
     if rt.dist.is_main:
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -566,11 +596,17 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
     ema = build_ema(model, cfg)
     if state is not None:
         load_weights(last_path, ema.module, state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        history, iterations = list(state["history"]), list(state.get("iterations", []))
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+            raise CheckpointError(
+                f"{last_path}: the optimizer or scheduler state does not fit this run "
+                f"({type(exc).__name__})"
+            ) from None
+        history, iterations = list(state["history"]), list(state.get("iterations") or [])
         start_epoch, best_map = int(state["epoch"]), float(state["best_map"])
         best = state.get("best")
         if best is None:
@@ -712,7 +748,8 @@ def _resume_state(cfg: Config, run_dir: Path, last_path: Path) -> dict | None:
     if not last_path.exists():
         return None  # nothing to resume: start from scratch
     state = load_checkpoint(last_path)
-    saved = state.get("config", {})
+    check_contents(last_path, state, resume=True)
+    saved = state["config"]
     if saved != cfg.to_dict():
         diff = _first_difference(saved, cfg.to_dict())
         raise MlicError(
@@ -845,10 +882,7 @@ def load_trained(
     path = Path(path)
     ckpt_path, run_dir = checkpoint_of(path)
     state = load_checkpoint(ckpt_path)
-    if not isinstance(state.get("config"), dict):
-        raise CheckpointError(f"{ckpt_path}: checkpoint has no configuration")
-    if not isinstance(state.get("class_names"), list):
-        raise CheckpointError(f"{ckpt_path}: checkpoint has no class names")
+    check_contents(ckpt_path, state)  # config sections, class names, weights: all present
     raw = copy.deepcopy(state["config"])
     raw["train"]["device"] = device
     raw["data"].update(data or {})

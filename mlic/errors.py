@@ -23,6 +23,11 @@ class CheckpointError(MlicError):
     """A checkpoint that does not load, or was made for another architecture."""
 
 
+class OutputError(MlicError):
+    """A file we could not write: a read-only or full file system, a missing permission, a
+    parent that is not a directory. What was there before is left as it was."""
+
+
 def one_line(exc: BaseException) -> str:
     """A library's exception text (YAML and JSON errors span lines) folded into one line."""
     return " ".join(str(exc).split())

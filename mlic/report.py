@@ -14,22 +14,21 @@ guessed. A record that does not parse is a `DataError` naming the file.
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from mlic import paper
 from mlic.errors import ConfigError, DataError, one_line
 from mlic.plan import FAMILIES, SETTINGS, expected_config
-from mlic.runrecord import read_metrics
+from mlic.runrecord import atomic_write_bytes, read_metrics
+from mlic.safeload import MAX_TEXT_BYTES, load_yaml, read_bytes
 
 DATASET_NAMES = {"coco": "COCO 2014", "voc": "VOC 2007"}
 HISTORY_COLUMNS = ("epoch", "train_loss", "map", "map_ema")
@@ -99,7 +98,7 @@ class RunRecord:
         if not path.exists():
             raise DataError(f"{path}: missing (the run's metrics.json says it is complete)")
         try:
-            df = pd.read_csv(path)
+            df = pd.read_csv(io.BytesIO(read_bytes(path, MAX_TEXT_BYTES)))
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: cannot be read as CSV ({one_line(exc)})") from None
         for column in HISTORY_COLUMNS:
@@ -140,10 +139,7 @@ def read_run(run_dir: Path) -> tuple[RunRecord | None, str]:
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
         raise DataError(f"{config_path}: missing (metrics.json says the run is complete)")
-    try:
-        config = yaml.safe_load(config_path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DataError(f"{config_path}: not valid YAML ({one_line(exc)})") from None
+    config = load_yaml(config_path)  # bounded: no aliases, a size and depth limit; one line
     if not isinstance(config, dict):
         raise DataError(f"{config_path}: expected a mapping of configuration sections")
     record = RunRecord(run_dir.name, run_dir, config, metrics)
@@ -887,17 +883,8 @@ def _csv(df: pd.DataFrame) -> str:
 
 
 def _write(path: Path, data: str | bytes) -> None:
-    """Write atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically (a reader never sees half a file), with the user's umask."""
+    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 # --------------------------------------------------------------------------- figures

@@ -24,6 +24,7 @@ from mlic.config import load_config
 from mlic.errors import MlicError
 from mlic.plan import PlannedRun, runs
 from mlic.runrecord import read_metrics
+from mlic.safeload import load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -55,7 +56,7 @@ def recorded_config_matches(run_dir: Path, preset: str, overrides: list[str]) ->
     config = run_dir / "config.yaml"
     if not config.is_file():
         return None
-    return yaml.safe_load(config.read_text()) == load_config(preset, overrides).to_dict()
+    return load_yaml(config) == load_config(preset, overrides).to_dict()
 
 
 def is_complete(run_dir: Path, preset: str, overrides: list[str]) -> bool:
@@ -141,6 +142,8 @@ def reproduce(
 
     `retrain=True` deletes every planned run's record and trains it again from scratch (a fresh
     clone's committed records are complete, so without it nothing is trained)."""
+    if gpus is not None and gpus < 1:
+        raise MlicError(f"--gpus {gpus}: needs at least one GPU (leave it out for one process)")
     results = Path(results).resolve()
     plan = runs(family, seeds=seeds, only=list(only) if only else None)
     todo = []

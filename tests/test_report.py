@@ -378,6 +378,7 @@ def test_the_report_never_imports_the_engine():
         "mlic.plan",
         "mlic.paper",
         "mlic.runrecord",  # the one metrics.json reader; no torch (checked below)
+        "mlic.safeload",  # bounded reading of files (no torch)
     }
     code = "import sys, mlic.report; print(sorted({'torch', 'mlic.engine'} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -47,6 +47,7 @@ from xml.etree import ElementTree as ET  # writing only; reading goes through de
 
 from mlic.data.synth import CLASSES, COLOURS, SCENES, SHAPES, render_image
 from mlic.errors import DataError
+from mlic.safeload import load_json
 
 __all__ = [  # the class design is re-exported from synth
     "CLASSES",
@@ -86,10 +87,14 @@ def generator_params(seed: int, num_train: int, num_val: int, image_size: int) -
 
 
 def read_marker(root: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(root) / MARKER).read_text())
-    except (OSError, ValueError):
+    """The generator's parameters, or None where there is no (readable, regular) marker file."""
+    if not (Path(root) / MARKER).exists():
         return None
+    try:
+        marker = load_json(Path(root) / MARKER, max_bytes=1 << 16)
+    except DataError:
+        return None
+    return marker if isinstance(marker, dict) else None
 
 
 def ensure_embedded(
@@ -158,6 +163,8 @@ def generate_embedded(
     root = Path(root)
     if num_train < 1 or num_val < 1:
         raise DataError(f"{root}: the embedded dataset needs at least one train and one val image")
+    if not 0 <= seed < 2**32:
+        raise DataError(f"{root}: seed={seed} is not in [0, 2**32)")
     if image_size < 32:
         raise DataError(f"{root}: image_size={image_size} is below 32 px")
     _refuse_foreign_folder(root)

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mlic.errors import DataError
+from mlic.safeload import open_regular
 
 # What PIL raises for a file that is missing, truncated, not an image, or absurdly large.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -40,12 +41,13 @@ def open_rgb(path: str | Path) -> Image.Image:
     """Fully decode `path` (so truncation is detected here, not later) and convert to RGB."""
     try:
         # We own the file object, so it is closed on every path (Pillow leaves multi-frame
-        # files open after load()); the decoded pixels stay in memory.
-        with open(path, "rb") as handle:
+        # files open after load()); the decoded pixels stay in memory. Only regular files are
+        # opened: a FIFO would block the loader forever.
+        with open_regular(path) as handle:
             image = Image.open(handle)
             image.load()
             return to_rgb(image)
-    except FileNotFoundError:
+    except FileNotFoundError:  # pragma: no cover - open_regular reports it
         raise DataError(f"{path}: image file not found") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file (no known image format)") from None

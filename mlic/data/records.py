@@ -8,11 +8,20 @@ counts change (the known PyTorch issue with large Python lists in a Dataset).
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from mlic.errors import DataError
+
+# Limits on what an annotation may make us allocate (README "Data", "Bad input").
+MAX_LABEL_ENTRIES = 1 << 28  # images x classes: 1 GiB of float32 targets (COCO: 6.6 M)
+MAX_IMAGE_SIDE = 100_000  # px, an annotated width or height
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,9 @@ class SplitIndex:
     ignore: np.ndarray  # [N, K] bool, True = leave out of evaluation (VOC difficult-only)
     sizes: np.ndarray  # [N, 2] int64, (width, height) in pixels as annotated
     objects: ObjectTable = field(repr=False)
+    # Annotations of the whole file whose box or area is unusable (non-numeric, NaN, negative,
+    # zero-sized, larger than the image): they still label their image; their size is unknown.
+    invalid_boxes: int = 0
 
     def __post_init__(self) -> None:
         n, k = len(self.files), len(self.class_names)
@@ -111,6 +123,7 @@ class SplitIndex:
             ignore=self.ignore[:n],
             sizes=self.sizes[:n],
             objects=self.objects.select_images(n),
+            invalid_boxes=self.invalid_boxes,
         )
 
     @cached_property
@@ -145,3 +158,47 @@ class SplitIndex:
         ):
             out[i].append((c, a))
         return out
+
+
+def check_label_matrix(num_images: int, num_classes: int, source: Path) -> None:
+    """Refuse a split whose label matrix would not fit a sane amount of memory."""
+    if num_images * num_classes > MAX_LABEL_ENTRIES:
+        raise DataError(
+            f"{source}: {num_images:,} images x {num_classes:,} classes is over the limit of "
+            f"{MAX_LABEL_ENTRIES:,} label entries"
+        )
+
+
+def is_number(value: Any) -> bool:
+    """A finite JSON/XML number (not a bool, not NaN or infinite)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (isinstance(value, int) or math.isfinite(value))
+    )
+
+
+def area_fraction(area: float, image_area: float) -> float | None:
+    """Object area / image area; NaN if the image size is unknown; None if the area is unusable
+    (not a finite positive number, or larger than the image)."""
+    if not is_number(area) or area <= 0:
+        return None
+    if not image_area > 0:
+        return math.nan
+    fraction = float(area) / image_area
+    return fraction if fraction <= 1.0 + 1e-6 else None
+
+
+def file_inside(folder: Path, name: Any) -> Path | str:
+    """`folder / name` if `name` is a relative path that stays inside `folder`; otherwise the
+    reason it does not (absolute, climbs out with '..', empty, not a string)."""
+    if not isinstance(name, str) or not name:
+        return "is not a non-empty string"
+    if "\x00" in name:
+        return "contains a NUL character"
+    if os.path.isabs(name):
+        return "is an absolute path; file names must be relative to the split's image folder"
+    normal = os.path.normpath(name)
+    if normal == os.curdir or normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        return "leaves the split's image folder ('..'); file names must stay inside it"
+    return folder / name

@@ -17,6 +17,8 @@ DATASETS = ("coco", "voc", "csv")
 def read_split(dataset: str, root: str | Path, split: str, train_split: str = "") -> SplitIndex:
     """The labels of one split: `root` holds `annotations/` (COCO), `VOC2007/` (VOC) or
     `<split>.csv` (csv, whose classes come from `train_split` unless classes.txt lists them)."""
+    if split in ("", ".", "..") or any(c in split for c in "/\\\x00"):
+        raise DataError(f"split {split[:60]!r} is not a split name (no '/', '\\', '.' or '..')")
     if dataset == "coco":
         from mlic.data.coco import read_coco
 

@@ -58,6 +58,9 @@ def split_stats(index: SplitIndex) -> dict[str, Any]:
         "images_without_labels": index.num_without_labels,
         "num_objects": len(obj),
         "small_objects": int((obj.area_fraction <= SMALL_OBJECT).sum()),
+        # Unusable boxes or areas (NaN, negative, zero-sized, larger than the image): their
+        # labels count, their sizes are unknown (so they are not "small").
+        "invalid_boxes": index.invalid_boxes,
     }
     if index.dataset == "coco":
         stats["crowd_objects"] = int(obj.crowd.sum())

@@ -12,6 +12,7 @@ VOC's.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from xml.etree.ElementTree import Element, ParseError
 
@@ -21,8 +22,15 @@ from defusedxml import ElementTree as SafeET
 from PIL import Image
 
 from mlic.data.images import DECODE_ERRORS
-from mlic.data.records import ObjectTable, SplitIndex
+from mlic.data.records import (
+    MAX_IMAGE_SIDE,
+    ObjectTable,
+    SplitIndex,
+    area_fraction,
+    check_label_matrix,
+)
 from mlic.errors import DataError
+from mlic.safeload import MAX_TEXT_BYTES, MAX_XML_BYTES, open_regular, read_bytes, read_text
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -47,10 +55,7 @@ def read_class_list(voc: Path) -> tuple[list[str], str]:
     path = voc / CLASSES_FILE
     if not path.is_file():
         return list(VOC_CLASSES), "the standard VOC 2007 classes"
-    try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+    names = [line.strip() for line in read_text(path, MAX_TEXT_BYTES).splitlines()]
     names = [n for n in names if n]
     if not names:
         raise DataError(f"{path}: the class list is empty")
@@ -73,20 +78,25 @@ def read_voc(root: str | Path, split: str) -> SplitIndex:
     class_names, class_source = read_class_list(voc)
     class_of = {name: k for k, name in enumerate(class_names)}
 
-    try:
-        lines = set_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{set_file}: cannot read ({exc})") from None
+    lines = read_text(set_file, MAX_TEXT_BYTES).splitlines()
     # Main/<split>.txt holds one id per line (per-class files add a second column: ignored).
     ids = [line.split()[0] for line in lines if line.strip()]
     if not ids:
         raise DataError(f"{set_file}: the split has no images")
 
+    bad_ids = [i for i in ids if i in (".", "..") or "/" in i or "\\" in i or "\x00" in i]
+    if bad_ids:
+        raise DataError(
+            f"{set_file}: image id {bad_ids[0][:60]!r} is not a plain name (ids name files in "
+            "Annotations/ and JPEGImages/ and must not leave them)"
+        )
     n, k = len(ids), len(class_names)
+    check_label_matrix(n, k, set_file)
     positive = np.zeros((n, k), dtype=bool)
     difficult_only = np.zeros((n, k), dtype=bool)
     sizes = np.zeros((n, 2), dtype=np.int64)
     rows: list[tuple[int, int, float, bool, bool]] = []
+    invalid = 0
     files = np.array([str(image_dir / f"{image_id}.jpg") for image_id in ids])
     for i, image_id in enumerate(ids):
         xml_path = ann_dir / f"{image_id}.xml"
@@ -106,7 +116,11 @@ def read_voc(root: str | Path, split: str) -> SplitIndex:
             else:
                 positive[i, c] = True
             area = _box_area(obj, xml_path)
-            rows.append((i, c, area / image_area if image_area > 0 else np.nan, difficult, False))
+            fraction = np.nan if area is None else area_fraction(area, image_area)
+            if fraction is None:  # an unusable box: the label stands, its size is unknown
+                invalid += 1
+                fraction = np.nan
+            rows.append((i, c, fraction, difficult, False))
     return SplitIndex(
         dataset="voc",
         split=split,
@@ -117,15 +131,18 @@ def read_voc(root: str | Path, split: str) -> SplitIndex:
         ignore=difficult_only & ~positive,
         sizes=sizes,
         objects=ObjectTable.from_rows(rows),
+        invalid_boxes=invalid,
     )
 
 
 def _parse(xml_path: Path) -> Element:
-    """defusedxml refuses entity declarations (billion laughs, external entities)."""
+    """defusedxml refuses entity declarations (billion laughs, external entities); the file is
+    read (a regular file, bounded in size) before it is parsed."""
+    if not xml_path.exists():
+        raise DataError(f"{xml_path}: annotation file not found")
+    data = read_bytes(xml_path, MAX_XML_BYTES)
     try:
-        return SafeET.parse(xml_path).getroot()
-    except FileNotFoundError:
-        raise DataError(f"{xml_path}: annotation file not found") from None
+        return SafeET.fromstring(data)
     except ParseError as exc:
         raise DataError(f"{xml_path}: XML does not parse ({exc})") from None
     except DefusedXmlException as exc:
@@ -155,11 +172,15 @@ def _flag(node: Element, tag: str, xml_path: Path) -> bool:
 
 
 def _number(node: Element, tag: str, xml_path: Path) -> float:
+    """A number, or NaN for a value that is not one (an unusable box is counted, not fatal)."""
     child = node.find(tag)
+    if child is None or child.text is None:
+        raise DataError(f"{xml_path}: <{tag}> is missing")
     try:
-        return float(child.text)  # type: ignore[union-attr, arg-type]
-    except (AttributeError, TypeError, ValueError):
-        raise DataError(f"{xml_path}: <{tag}> is missing or not a number") from None
+        value = float(child.text)
+    except ValueError:
+        return float("nan")
+    return value if math.isfinite(value) else float("nan")
 
 
 def _size(root: Element, xml_path: Path, image_path: Path) -> tuple[int, int]:
@@ -167,20 +188,28 @@ def _size(root: Element, xml_path: Path, image_path: Path) -> tuple[int, int]:
     size = root.find("size")
     if size is not None:
         w, h = _number(size, "width", xml_path), _number(size, "height", xml_path)
+        if not (0 <= w <= MAX_IMAGE_SIDE and 0 <= h <= MAX_IMAGE_SIDE):  # NaN fails too
+            raise DataError(
+                f"{xml_path}: <size> {w} x {h} is not a width and height from 0 to "
+                f"{MAX_IMAGE_SIDE:,} px"
+            )
         if w > 0 and h > 0:
             return int(w), int(h)
     try:
-        with open(image_path, "rb") as handle:  # ours to close: only the header is read
+        with open_regular(image_path) as handle:  # ours to close: only the header is read
             return Image.open(handle).size
-    except DECODE_ERRORS:
+    except (*DECODE_ERRORS, DataError):
         return 0, 0  # the unreadable image is reported when it is loaded
 
 
-def _box_area(obj: Element, xml_path: Path) -> float:
-    """VOC boxes are inclusive 1-based pixel indices: area = (xmax-xmin+1)(ymax-ymin+1)."""
+def _box_area(obj: Element, xml_path: Path) -> float | None:
+    """VOC boxes are inclusive 1-based pixel indices: area = (xmax-xmin+1)(ymax-ymin+1).
+    None without a box; NaN or 0 for an unusable one (the caller counts those)."""
     box = obj.find("bndbox")
     if box is None:
-        return float("nan")
+        return None
     x0, y0 = _number(box, "xmin", xml_path), _number(box, "ymin", xml_path)
     x1, y1 = _number(box, "xmax", xml_path), _number(box, "ymax", xml_path)
-    return max(x1 - x0 + 1.0, 0.0) * max(y1 - y0 + 1.0, 0.0)
+    if not min(x0, y0) >= 0:  # negative or NaN: unusable (area_fraction refuses NaN)
+        return float("nan")
+    return (x1 - x0 + 1.0) * (y1 - y0 + 1.0) if x1 >= x0 and y1 >= y0 else 0.0

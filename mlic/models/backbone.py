@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import timm
 from timm.layers import SplitAttn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mlic.checkpoint import load_weights
+from mlic.checkpoint import describe_load_error, load_weights
 from mlic.errors import CheckpointError, ConfigError, MlicError
 
 
@@ -42,20 +42,30 @@ def create_backbone(
 def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
-    except TypeError as exc:  # an unknown keyword in backbone_kwargs
+    except (TypeError, ValueError, KeyError, IndexError, AssertionError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and pretrained:
+            _weights_unavailable(name, exc)
+        # An unknown keyword or an unusable value in backbone_kwargs (timm raises any of these).
         extra = {k: v for k, v in kwargs.items() if k not in ("num_classes", "global_pool")}
-        raise ConfigError(f"model.backbone_kwargs={extra!r}: {_first_line(exc)}") from None
-    except (OSError, RuntimeError) as exc:
+        raise ConfigError(
+            f"model.backbone_kwargs={str(extra)[:120]}: {_first_line(exc)[:200]}"
+        ) from None
+    except OSError as exc:
         if not pretrained:
             raise
-        # huggingface_hub raises OSError subclasses (LocalEntryNotFoundError, HTTP errors) when
-        # offline; timm raises RuntimeError for a model without published weights.
-        raise MlicError(
-            f"cannot get ImageNet weights for backbone {name!r} ({type(exc).__name__}); "
-            "download them on a machine with a network (timm/Hugging Face hub) and pass "
-            "model.pretrained_file=PATH (.pth or .safetensors state_dict), or set "
-            "model.pretrained=false"
-        ) from None
+        _weights_unavailable(name, exc)
+
+
+def _weights_unavailable(name: str, exc: BaseException) -> NoReturn:
+    """The ImageNet weights cannot be had here: say how to give them."""
+    # huggingface_hub raises OSError subclasses (LocalEntryNotFoundError, HTTP errors) when
+    # offline; timm raises RuntimeError for a model without published weights.
+    raise MlicError(
+        f"cannot get ImageNet weights for backbone {name!r} ({type(exc).__name__}); "
+        "download them on a machine with a network (timm/Hugging Face hub) and pass "
+        "model.pretrained_file=PATH (.pth or .safetensors state_dict), or set "
+        "model.pretrained=false"
+    ) from None
 
 
 def load_backbone_weights(model: nn.Module, path: Path) -> None:
@@ -73,7 +83,7 @@ def load_backbone_weights(model: nn.Module, path: Path) -> None:
         state = timm.models.load_state_dict(str(path))
     except Exception as exc:  # any unreadable user file: pickle, zip, safetensors errors
         raise CheckpointError(
-            f"{path}: cannot read backbone weights ({type(exc).__name__}: {_first_line(exc)})"
+            f"{path}: cannot read backbone weights: {describe_load_error(exc)}"
         ) from None
     own = model.state_dict()
     classifier = model.pretrained_cfg.get("classifier") or ()
