@@ -120,6 +120,8 @@ class TrainConfig:
     ema_decay: float = 0.9997
     seed: int = 0
     device: str = "auto"
+    # Torch's threads on the CPU (an int, or auto: see mlic.cpu). Ignored on a GPU.
+    num_threads: int | Literal["auto"] = "auto"
     precision: Precision = "auto"
     channels_last: bool = True
     compile: bool = False
@@ -338,5 +340,7 @@ def validate(cfg: Config) -> None:
         )
     if not 0.0 < t.pct_start < 1.0:
         raise ConfigError(f"train.pct_start={t.pct_start} is not in (0, 1)")
+    if t.num_threads != "auto" and t.num_threads < 1:
+        raise ConfigError(f"train.num_threads={t.num_threads} must be >= 1 or auto")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay={t.ema_decay} is not in [0, 1)")

@@ -30,6 +30,7 @@ from tqdm import tqdm  # plain bars: notebooks turn them off (not a terminal)
 
 from mlic.checkpoint import check_architecture, load_checkpoint, load_weights, save_checkpoint
 from mlic.config import Config, DataConfig, from_dict, load_config
+from mlic.cpu import configure_cpu
 from mlic.data import build_dataset, collate_skip_unreadable, cutmix, to_model_input
 from mlic.distributed import (
     DistInfo,
@@ -101,6 +102,8 @@ def make_runtime(cfg: Config) -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    elif device.type == "cpu":
+        configure_cpu(cfg.train.num_threads)  # denormals flushed, threads set (mlic.cpu)
     return Runtime(device, info, amp_dtype, cfg.train.channels_last and device.type == "cuda")
 
 
