@@ -9,8 +9,9 @@ Why (measured on the 2-core machine; README "Performance"):
 - Threads: `auto` is one per core this process may run on, or torch's own choice when
   OMP_NUM_THREADS is set (torchrun sets it for each rank). It does not depend on the machine's
   momentary load, so a rerun on the same machine uses the same threads and gives the same bits.
-  What keeps two threads from collapsing on a busy machine is the OpenMP wait policy, set in
-  `mlic/__init__.py` before torch is loaded (libgomp reads it only then).
+  What keeps two threads from collapsing on a busy machine is OpenMP's spin count at barriers
+  (GOMP_SPINCOUNT), set in `mlic/__init__.py` before torch is loaded (libgomp reads it only
+  then).
 """
 
 from __future__ import annotations

@@ -47,15 +47,21 @@ def test_auto_threads_follow_omp_num_threads_or_the_cores(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_the_openmp_wait_policy_is_set_before_torch_loads():
-    # A fresh interpreter: importing mlic sets the default, a user's own value is kept.
-    code = "import os, mlic, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "PASSIVE", out.stderr
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "ACTIVE", out.stderr
+def test_the_openmp_spin_count_is_set_before_torch_loads():
+    # A fresh interpreter: importing mlic sets the default; a user's own setting is kept.
+    code = "import os, mlic, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def spin(**extra: str) -> str:
+        run = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    assert spin() == "1000"
+    assert spin(GOMP_SPINCOUNT="5") == "5"
+    assert spin(OMP_WAIT_POLICY="ACTIVE") == "None"  # the user chose a policy: no spin count
 
 
 def test_num_threads_must_be_positive_or_auto():
