@@ -138,6 +138,8 @@ class TrainConfig:
     ema_decay: float = 0.9997
     seed: int = 0
     device: str = "auto"
+    # Torch's threads on the CPU (an int, or auto: see mlic.cpu). Ignored on a GPU.
+    num_threads: int | Literal["auto"] = "auto"
     precision: Precision = "auto"
     channels_last: bool = True
     # torch.compile of the training and evaluation forward passes. "auto": on CUDA (measured

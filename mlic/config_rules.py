@@ -150,6 +150,13 @@ def _accumulation_divides_batch(cfg: Any) -> str | None:
     return None
 
 
+def _threads(cfg: Any) -> str | None:
+    n = cfg.train.num_threads
+    if n != "auto" and not 1 <= n <= 1024:
+        return f"train.num_threads={short_repr(n)} must be auto or from 1 to 1024"
+    return None
+
+
 def _csv_needs_root(cfg: Any) -> str | None:
     if cfg.data.dataset == "csv" and not cfg.data.root:
         return "data.dataset=csv needs data.root: the folder holding <split>.csv"
@@ -191,6 +198,7 @@ RELATIONS: list[Callable[[Any], str | None]] = [
     _dual_needs_two,
     _accumulation_divides_batch,
     _csv_needs_root,
+    _threads,
 ]
 
 

@@ -38,6 +38,7 @@ from mlic.checkpoint import (
 )
 from mlic.compilation import Compiler, resolve_compile
 from mlic.config import Config, DataConfig, from_dict, load_config
+from mlic.cpu import configure_cpu
 from mlic.data import build_dataset, collate_skip_unreadable, cutmix, to_model_input
 from mlic.data.checks import unseen_in_training
 from mlic.data.holdout import without_holdout
@@ -121,6 +122,8 @@ def make_runtime(cfg: Config) -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    elif device.type == "cpu":
+        configure_cpu(cfg.train.num_threads)  # denormals flushed, threads set (mlic.cpu)
     compiler = Compiler(resolve_compile(cfg.train.compile, device), cfg.train.compile_mode)
     channels_last = cfg.train.channels_last and device.type == "cuda"
     return Runtime(device, info, amp_dtype, channels_last, compiler)

@@ -45,8 +45,8 @@ FAMILIES: dict[str, Family] = {
         },
     ),
     # resnet14t / resnest14d: the same depth (deep stem + one bottleneck in each of 4 stages;
-    # timm calls both "14"). 56 : 72 = 448 : 576 = 7 : 9; at stride 32 that is 2x2 and 3x3
-    # tokens (448 / 576 give 14x14 and 18x18).
+    # timm calls both "14"). 56 : 72 = 448 : 576 = 7 : 9; at the embedded preset's output
+    # stride 16 that is 4x4 and 5x5 tokens (448 / 576 give 14x14 and 18x18 at stride 32).
     "embedded": Family(
         backbones={"resnet": "resnet14t", "resnest": "resnest14d"},
         image_sizes={448: 56, 576: 72},

@@ -60,14 +60,14 @@ def test_overrides_are_parsed_by_type():
             "model.backbone=resnet101",
             "data.mean=[0.5, 0.5, 0.5]",
             "train.lr=2e-4",
-            "data.randaugment=false",
+            "data.randaugment=true",
         ],
     )
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
     assert cfg.model.backbone == "resnet101"
     assert cfg.data.mean == [0.5, 0.5, 0.5]
     assert cfg.train.lr == pytest.approx(2e-4)
-    assert cfg.data.randaugment is False
+    assert cfg.data.randaugment is True
 
 
 def test_papermill_style_values_are_converted():

@@ -27,6 +27,9 @@ TINY = [
     "model.dim_feedforward=64",
     "train.batch_size=8",
     "train.eval_batch_size=16",
+    # the paper's augmentations, which the embedded preset turns off: keep them under test
+    "data.randaugment=true",
+    "data.cutmix_prob=0.5",
 ]
 
 

@@ -146,3 +146,19 @@ def test_bad_requests_are_one_line_errors(kwargs, message):
 def test_unknown_run_name():
     with pytest.raises(ConfigError, match="not a run of the plan"):
         setting("coco448-vit-dual")
+
+
+def test_the_embedded_runs_leave_room_for_attention():
+    # Issue 11: at least 4x4 tokens at the size that stands for 448 px, more at the one for 576.
+    from mlic.models.backbone import create_backbone
+
+    tokens: dict[int, set[tuple[int, int]]] = {}
+    for run in runs("embedded"):
+        cfg = load_config(run.preset, run.overrides)
+        size = cfg.data.image_size
+        with torch.device("meta"):  # shapes only
+            net = create_backbone(cfg.model.backbone, backbone_kwargs=cfg.model.backbone_kwargs)
+            grid = tuple(net.eval().forward_features(torch.empty(1, 3, size, size)).shape[-2:])
+        tokens.setdefault(setting(run.name).paper_size, set()).add(grid)
+    assert all(min(g) >= 4 for g in tokens[448]), tokens
+    assert min(min(g) for g in tokens[576]) > max(max(g) for g in tokens[448]), tokens
