@@ -8,6 +8,7 @@ without exactly one `parameters` cell is refused before anything runs.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ import yaml
 from mlic.config import load_config
 from mlic.errors import MlicError
 from mlic.plan import PlannedRun, runs
-from mlic.runrecord import read_metrics
+from mlic.runrecord import atomic_write_text, read_metrics
 from mlic.safeload import load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -99,12 +100,32 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], l
             cwd=str(REPO_ROOT),
             progress_bar=False,
         )
+        strip_machine_paths(output)
     except PapermillExecutionError as exc:
         raise MlicError(
             f"{label}: {notebook.name} failed in cell {exc.exec_count} "
             f"({exc.ename}: {exc.evalue.strip().splitlines()[0] if exc.evalue.strip() else ''}); "
             f"the executed notebook is kept at {output}"
         ) from None
+
+
+def strip_machine_paths(executed: Path) -> None:
+    """Write the repository root out of an executed notebook: papermill records the absolute
+    input/output paths, and warnings print absolute file names (e.g. a package in .venv). The
+    committed results then say nothing about the machine that made them."""
+    root = f"{REPO_ROOT.as_posix()}/"
+    nb = json.loads(executed.read_text(encoding="utf-8"))
+    meta = nb.get("metadata", {}).get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if isinstance(meta.get(key), str):
+            meta[key] = meta[key].replace(root, "")
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                text = out.get("text", "")
+                lines = text if isinstance(text, list) else [text]
+                out["text"] = [line.replace(root, "") for line in lines]
+    atomic_write_text(executed, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
 def notebook_path(path: Path) -> str:

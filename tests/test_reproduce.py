@@ -137,3 +137,32 @@ def test_notebook_parameters_are_repository_relative(tmp_path, monkeypatch):
     # outside the repository there is no relative form: the absolute path is kept
     reproduce.train_one("demo", "embedded", [], tmp_path)
     assert seen[-1]["run_dir"] == str((tmp_path / "runs" / "demo").resolve())
+
+
+def test_executed_notebooks_name_no_machine_folder(tmp_path):
+    """papermill's recorded paths and absolute file names in warnings lose the repository root."""
+    from mlic.reproduce import REPO_ROOT, strip_machine_paths
+
+    root = REPO_ROOT.as_posix()
+    warning = f"{root}/.venv/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: x\n"
+    nb = {
+        "metadata": {
+            "papermill": {
+                "input_path": f"{root}/notebooks/train.ipynb",
+                "output_path": f"{root}/results/executed/train-x.ipynb",
+            }
+        },
+        "cells": [
+            {"cell_type": "code", "outputs": [{"output_type": "stream", "text": [warning]}]},
+            {"cell_type": "code", "outputs": [{"output_type": "stream", "text": "/elsewhere/a\n"}]},
+        ],
+    }
+    path = tmp_path / "executed.ipynb"
+    path.write_text(json.dumps(nb))
+    strip_machine_paths(path)
+    text = path.read_text()
+    assert root not in text
+    out = json.loads(text)
+    assert out["metadata"]["papermill"]["input_path"] == "notebooks/train.ipynb"
+    assert out["cells"][0]["outputs"][0]["text"][0].startswith(".venv/lib/python3.11/")
+    assert out["cells"][1]["outputs"][0]["text"] == ["/elsewhere/a\n"]  # not ours: unchanged
