@@ -978,9 +978,9 @@ def figure6(collected: Collected) -> bytes:
         # Issue 11's convergence criterion (mlic.convergence), stated where the curve is.
         subtitle += (
             f"\nlast quarter of the epochs: +{max(gains):.2f} points of best-of mAP"
-            f"{' (largest over seeds)' if len(gains) > 1 else ''}; "
-            f"{'converged' if max(gains) < CONVERGENCE_THRESHOLD else 'NOT converged'}"
-            f" (< {CONVERGENCE_THRESHOLD:g})"
+            f"{' (largest over seeds)' if len(gains) > 1 else ''}"
+            f"\n{'converged' if max(gains) < CONVERGENCE_THRESHOLD else 'NOT converged'}"
+            f" (criterion: < {CONVERGENCE_THRESHOLD:g} point)"
         )
 
     def draw(ax: Any) -> None:
