@@ -663,7 +663,7 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
         }
         history.append(row)
         iterations.extend(stats["iterations"])
-        which = "ema" if results["ema"]["map"] > results["model"]["map"] else "model"
+        which = _better(results)
         epoch_map = results[which]["map"]
         if rt.dist.is_main:
             _log_epoch(row, cfg)
@@ -709,8 +709,7 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
             "model": evaluate(model, val_set, cfg, rt),
             "ema": evaluate(ema.module, val_set, cfg, rt),
         }
-    last_which = "ema" if results["ema"]["map"] > results["model"]["map"] else "model"
-    last = _epoch_record(cfg.train.epochs, last_which, results)
+    last = _epoch_record(cfg.train.epochs, _better(results), results)
     if best is None:  # only on a non-main rank, which does not track it
         best = last
     metrics = _final_metrics(cfg, rt, best, last, history, time.perf_counter() - wall_start)
@@ -777,6 +776,11 @@ def _log_epoch(row: dict[str, Any], cfg: Config) -> None:
         f"{row['images_per_s']:.1f} img/s  {row['seconds']:.1f} s",
         flush=True,
     )
+
+
+def _better(results: dict[str, dict]) -> str:
+    """"model" or "ema": whose mAP is higher this epoch (a tie goes to the model)."""
+    return "ema" if results["ema"]["map"] > results["model"]["map"] else "model"
 
 
 def _epoch_record(epoch: int, which: str, results: dict[str, dict]) -> dict[str, Any]:
