@@ -64,6 +64,11 @@ class DataConfig:
     cutmix_alpha: float = 1.0
     cutmix_targets: TargetMixing = "area"
     num_workers: int = 8
+    # Keep each decoded, resized image in memory after its first use, when its transform has no
+    # randomness (no RandAugment in training). For small datasets loaded in the main process
+    # (num_workers 0, the embedded preset): decoding and resizing then happen once per run,
+    # not once per epoch and evaluation. Each loader worker would hold its own copy.
+    cache_images: bool = False
     # Use only the first N images of a split (0: all). For smoke runs and notebook defaults.
     max_train_images: int = 0
     max_val_images: int = 0

@@ -66,21 +66,52 @@ def show_predictions(
     class_names: Sequence[str],
     mean: Sequence[float],
     std: Sequence[float],
+    thresholds: torch.Tensor | float | None = None,
     top: int = 3,
 ) -> plt.Figure:
-    """Each image with its true labels and its `top` highest-scored labels with their scores."""
+    """Each image with its true labels and the model's answer.
+
+    With `thresholds` (per class [K], or one number) the answer is the predicted label set, as
+    `mlic predict` gives it: true labels are marked found (+) or missed (-), predicted labels
+    that are not true are marked as false alarms (!). Without, the `top` highest scores."""
     n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.6), squeeze=False)
     for ax, image, target, score in zip(axes[0], images, targets, scores, strict=True):
         ax.imshow(to_display(image, mean, std))
-        truth = [class_names[k] for k in torch.nonzero(target > 0.5).flatten().tolist()]
-        best = torch.argsort(score, descending=True)[:top].tolist()
-        pred = [f"{class_names[k]} {score[k]:.2f}" for k in best]
-        title = "true:\n" + "\n".join(truth) + "\n\ntop scores:\n" + "\n".join(pred)
-        ax.set_title(title, fontsize=7, loc="left")
+        true = torch.nonzero(target > 0.5).flatten().tolist()
+        if thresholds is None:
+            best = torch.argsort(score, descending=True)[:top].tolist()
+            lines = ["true:", *(class_names[k] for k in true), "", "top scores:"]
+            lines += [f"{class_names[k]} {score[k]:.2f}" for k in best]
+        else:
+            chosen = set(torch.nonzero(score >= thresholds).flatten().tolist())
+            lines = ["true (+ found, - missed):"]
+            lines += [f"{'+' if k in chosen else '-'} {class_names[k]} {score[k]:.2f}" for k in true]
+            alarms = sorted(chosen - set(true), key=lambda k: -float(score[k]))
+            lines += ["", "false alarms:", *(f"! {class_names[k]} {score[k]:.2f}" for k in alarms)]
+            if not alarms:
+                lines.append("(none)")
+        ax.set_title("\n".join(lines), fontsize=7, loc="left")
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def label_agreement(
+    targets: torch.Tensor, scores: torch.Tensor, thresholds: torch.Tensor | float
+) -> dict[str, int]:
+    """How the predicted label sets of these images compare with the true ones: labels found,
+    missed and falsely predicted, and images whose predicted set is exactly right."""
+    predicted = scores >= thresholds
+    true = targets > 0.5
+    return {
+        "images": int(true.shape[0]),
+        "true_labels": int(true.sum()),
+        "found": int((predicted & true).sum()),
+        "missed": int((~predicted & true).sum()),
+        "false_alarms": int((predicted & ~true).sum()),
+        "exactly_right": int((predicted == true).all(dim=1).sum()),
+    }
 
 
 def show_cross_attention(

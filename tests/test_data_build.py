@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -83,3 +84,29 @@ def test_every_public_name_resolves():
     assert sorted(mlic.data.__all__) == sorted(mlic.data._EXPORTS)
     for name in mlic.data.__all__:
         assert getattr(mlic.data, name) is not None
+
+
+def test_cached_images_are_decoded_once_and_equal_the_uncached_ones(
+    tiny_embedded_root, monkeypatch
+):
+    from mlic.data import base
+
+    cfg = DataConfig(
+        dataset="coco", root=str(tiny_embedded_root / "coco"), image_size=32, cache_images=True
+    )
+    reads = []
+    real_open = base.open_rgb
+    monkeypatch.setattr(base, "open_rgb", lambda path: reads.append(path) or real_open(path))
+    val = build_dataset(cfg, "val", uint8=True)
+    plain = build_dataset(replace(cfg, cache_images=False), "val", uint8=True)
+    reads.clear()
+    first = [val[i][0] for i in range(4)]
+    again = [val[i][0] for i in range(4)]
+    assert len(reads) == 4  # the second pass came from memory
+    for a, b, c in zip(first, again, [plain[i][0] for i in range(4)], strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    # Training with RandAugment draws new pixels every time: such a pipeline is never cached.
+    augmented = build_dataset(cfg, "train")
+    assert augmented._cache is None
+    no_aug = build_dataset(replace(cfg, randaugment=False), "train")
+    assert no_aug._cache == {}

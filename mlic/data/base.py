@@ -34,10 +34,13 @@ class MultiLabelDataset(Dataset):
         transform: Callable[[Image.Image], torch.Tensor],
         *,
         skip_unreadable: bool = True,
+        cache: bool = False,
     ) -> None:
         self.index = index
         self.transform = transform
         self.skip_unreadable = skip_unreadable
+        # cache=True only for deterministic transforms (the caller knows; see build_dataset).
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     # ------------------------------------------------------------------ labels
     @property
@@ -87,6 +90,18 @@ class MultiLabelDataset(Dataset):
         return self.index.num_images
 
     def __getitem__(self, i: int) -> Item | None:
+        image = self._cache.get(i) if self._cache is not None else None
+        if image is None:
+            image = self._load(i)
+            if image is None:
+                return None
+            if self._cache is not None:
+                self._cache[i] = image
+        target = torch.from_numpy(self.index.targets[i].copy())  # [K] float32
+        ignore = torch.from_numpy(self.index.ignore[i].copy())  # [K] bool
+        return image, target, ignore  # image [3, S, S]
+
+    def _load(self, i: int) -> torch.Tensor | None:
         path = self.index.image_path(i)
         try:
             image = open_rgb(path)
@@ -95,9 +110,7 @@ class MultiLabelDataset(Dataset):
                 raise
             log.warning("skipping unreadable image: %s", exc)
             return None
-        target = torch.from_numpy(self.index.targets[i].copy())  # [K] float32
-        ignore = torch.from_numpy(self.index.ignore[i].copy())  # [K] bool
-        return self.transform(image), target, ignore  # image [3, S, S]
+        return self.transform(image)
 
     def __repr__(self) -> str:
         i = self.index

@@ -41,4 +41,6 @@ def build_dataset(
         index,
         build_transforms(cfg, train=train, uint8=uint8),
         skip_unreadable=which == "train" if skip_unreadable is None else skip_unreadable,
+        # A cached image would freeze RandAugment's random draw: only deterministic pipelines.
+        cache=cfg.cache_images and not (train and cfg.randaugment),
     )

@@ -37,7 +37,11 @@ SCENE_WEIGHTS = (0.24, 0.2, 0.17, 0.15, 0.13, 0.11)  # some scenes (and classes)
 IN_SCENE_WEIGHTS = (0.38, 0.27, 0.2, 0.15)
 P_OUT_OF_SCENE = 0.15
 NUM_OBJECTS_P = (0.02, 0.2, 0.24, 0.2, 0.16, 0.1, 0.08)  # P(0..6 objects); 0 = no labels
-MIN_AREA = 0.005  # of the image: ~7 px across at 96 px, ~5 px at 64 px
+# Drawn object areas, as fractions of the image: log-uniform from MIN_AREA. 0.002 (about 4 px
+# across at 96 px) puts about 6 % of the positives under COCO's "small" limit scaled to the
+# image (32^2 px of 640x480, i.e. 1/300), so the AP-by-object-size table has a small bucket.
+MIN_AREA = 0.002
+DISTRACTOR_MIN_AREA = 0.005  # clutter shapes in neutral colours
 MIN_VISIBLE = 0.35  # of an object's own area, after occlusion and truncation
 DIFFICULT_VISIBLE = 0.5
 DIFFICULT_TINY, P_DIFFICULT_TINY = 0.01, 0.35
@@ -307,7 +311,8 @@ def _draw_distractor(rng, canvas, owner, objects, big, *, on_top: bool) -> None:
     if kind == 0:  # a class shape in a neutral (non-class) colour
         shape = SHAPES[rng.integers(len(SHAPES))]
         colour = _hsv(rng.uniform(0, 360), rng.uniform(0, 0.12), rng.uniform(0.05, 1.0))
-        r = math.sqrt(math.exp(rng.uniform(math.log(MIN_AREA), math.log(0.1))) * big * big / 3)
+        r = math.exp(rng.uniform(math.log(DISTRACTOR_MIN_AREA), math.log(0.1)))
+        r = math.sqrt(r * big * big / 3)
         points = _shape_points(shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
         window = _window((cx - r, cy - r, cx + r, cy + r))
         mask = _rasterise(window, _polygon(points, fill=255))
