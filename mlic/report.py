@@ -30,7 +30,7 @@ from mlic.convergence import last_quarter_gain
 from mlic.errors import ConfigError, DataError, one_line
 from mlic.plan import FAMILIES, SETTINGS, expected_config
 from mlic.runrecord import atomic_write_bytes, read_metrics
-from mlic.safeload import MAX_TEXT_BYTES, load_yaml, read_bytes
+from mlic.safeload import MAX_TEXT_BYTES, load_json, load_yaml, read_bytes
 
 DATASET_NAMES = {"coco": "COCO 2014", "voc": "VOC 2007"}
 HISTORY_COLUMNS = ("epoch", "train_loss", "map", "map_ema")
@@ -1058,6 +1058,38 @@ def build_report(runs_dir: Path, out_dir: Path, family: str = "embedded") -> dic
     }
 
 
+WALKTHROUGH_FIGURES = (
+    ("walkthrough_predictions", "Walkthrough: validation images, true labels found (+) or missed "
+     "(-) and false alarms (!) at the run's thresholds"),
+    ("walkthrough_attention", "Walkthrough: where the query of each true class looks "
+     "(last decoder layer's cross-attention over the 4x4 tokens)"),
+)  # fmt: skip
+
+
+def _walkthrough_block(readme: Path, out_dir: Path) -> list[str]:
+    """The walkthrough's pictures and its attention-on-object share, when `mlic reproduce` has
+    executed it with an output folder (absent otherwise: nothing is added)."""
+    from mlic.attention import SUMMARY_FILE
+
+    parts = []
+    summary_path = out_dir / "tables" / SUMMARY_FILE
+    if summary_path.is_file():
+        s = load_json(summary_path, max_bytes=1 << 16)
+        parts.append(
+            f"**Where the class queries look** ({s['weights']}; `mlic.attention`): over the first "
+            f"{s['images']} validation images, the query of a true class puts "
+            f"{100 * s['on_object']:.1f} % of its last-layer cross-attention on the token cells "
+            f"its objects' boxes cover, against {100 * s['chance']:.1f} % for an even spread; "
+            f"more than an even spread for {100 * s['above_chance']:.1f} % of the {s['pairs']} "
+            "(image, class) pairs."
+        )
+    for name, caption in WALKTHROUGH_FIGURES:
+        path = out_dir / "figures" / f"{name}.png"
+        if path.is_file():
+            parts.append(f"![{caption}]({path.relative_to(readme.parent).as_posix()})")
+    return parts
+
+
 README_BEGIN = "<!-- results:begin (written by `mlic report --readme README.md`) -->"
 README_END = "<!-- results:end -->"
 
@@ -1077,6 +1109,7 @@ def update_readme(readme: Path, out_dir: Path) -> None:
     ):
         rel = (Path(out_dir) / "figures" / f"{name}.png").relative_to(Path(readme).parent)
         parts.append(f"![{caption}]({rel.as_posix()})")
+    parts.extend(_walkthrough_block(Path(readme), Path(out_dir)))
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
     block = "\n\n".join(parts)

@@ -243,7 +243,10 @@ def build_outputs(results: Path, family: str) -> None:
     execute_notebook(
         NOTEBOOKS / "walkthrough.ipynb",
         results / "executed" / "walkthrough.ipynb",
-        {"run_dir": notebook_path(results / "runs" / "coco448-resnest-dual")},
+        {
+            "run_dir": notebook_path(results / "runs" / "coco448-resnest-dual"),
+            "out_dir": notebook_path(results),  # its figures and attention share, for the README
+        },
         label="walkthrough",
     )
     if family == "embedded" and results == (REPO_ROOT / "results").resolve():

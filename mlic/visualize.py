@@ -4,6 +4,7 @@ labels, and where a class query's cross-attention looks. Logic only; the noteboo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -158,3 +159,21 @@ def show_image_labels(
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def save_figure(fig: plt.Figure, out_dir: str | Path, name: str) -> Path | None:
+    """Write `fig` as out_dir/figures/<name>.png (atomically, no timestamp in the file, so a
+    rerun with the same pixels gives the same bytes); nothing when out_dir is empty."""
+    if not out_dir:
+        return None
+    import io
+
+    from mlic.runrecord import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, metadata={"Software": None})
+    path = Path(out_dir) / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+

@@ -90,3 +90,40 @@ def test_the_torch_dataset_exposes_the_areas(tiny_embedded_root):
     )
     dataset = build_dataset(cfg.data, "val")
     assert dataset.largest_area_fraction.shape == (8, dataset.num_classes)
+
+
+def test_boxes_are_image_fractions_from_cocos_bbox_and_vocs_inclusive_pixels(make_coco, make_voc):
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 100}],
+        "categories": [{"id": 3, "name": "cat"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 3, "area": 50.0, "bbox": [20, 10, 40, 50]},
+            {"id": 2, "image_id": 1, "category_id": 3, "area": 50.0},  # no bbox: no box
+            {"id": 3, "image_id": 1, "category_id": 3, "bbox": [180, 0, 40, 10]},  # past the edge
+        ],
+    }
+    boxes = read_coco(make_coco(data), "val2014").objects.box
+    assert boxes[0].tolist() == pytest.approx([0.1, 0.1, 0.3, 0.6])
+    assert np.isnan(boxes[1]).all()
+    assert boxes[2].tolist() == pytest.approx([0.9, 0.0, 1.0, 0.1])  # clipped to the image
+    # VOC: xmin..xmax are inclusive 1-based pixels, so (1, 1, 10, 10) is the 10 x 10 corner.
+    root = make_voc({"000001": [("dog", 0, (1, 1, 10, 10)), ("dog", 0, (21, 11, 40, 30))]},
+                    classes=["dog"])  # fmt: skip
+    boxes = read_voc(root, "test").objects.box
+    np.testing.assert_allclose(boxes, [[0, 0, 10 / 40, 10 / 30], [0.5, 1 / 3, 1, 1]], rtol=1e-6)
+
+
+def test_boxes_follow_the_images_through_head_and_holdout(tiny_embedded_root):
+    from mlic.data.holdout import take
+
+    index = read_split("coco", tiny_embedded_root / "coco", "val2014")
+    assert np.isfinite(index.objects.box).all()
+    rows = np.array([3, 7])
+    part = take(index, rows)
+    for new, old in enumerate(rows):
+        assert np.array_equal(
+            part.objects.box[part.objects.image_index == new],
+            index.objects.box[index.objects.image_index == old],
+        )
+    first = index.head(5).objects
+    assert np.array_equal(first.box, index.objects.box[index.objects.image_index < 5])

@@ -233,3 +233,33 @@ def test_the_readme_block_holds_the_new_tables(tmp_path):
         block = (tmp_path / "results" / "tables" / f"{name}.md").read_text().strip()
         assert block in text
     assert text.index("Table 4b.") < text.index("Table 5 (beyond the paper)") < text.index("tail")
+
+
+def test_the_readme_block_shows_the_walkthrough_when_reproduce_saved_it(tmp_path):
+    from mlic.attention import SUMMARY_FILE, write_summary
+    from mlic.visualize import save_figure
+
+    make_table4_runs(tmp_path / "runs", seeds=1)
+    results = tmp_path / "results"
+    build_report(tmp_path / "runs", results)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.README_BEGIN}\nold\n{report.README_END}\n")
+    update_readme(readme, results)
+    assert "Where the class queries look" not in readme.read_text()  # nothing saved: nothing
+
+    import matplotlib.pyplot as plt
+
+    summary = {"images": 200, "pairs": 431, "on_object": 0.4567, "chance": 0.1234,
+               "above_chance": 0.8}  # fmt: skip
+    assert write_summary(summary, "", weights="w") is None  # no folder: nothing written
+    write_summary(summary, results, weights="checkpoint runs/x/best.pt")
+    fig = plt.figure()
+    for name, _ in report.WALKTHROUGH_FIGURES:
+        assert save_figure(fig, results, name) == results / "figures" / f"{name}.png"
+    plt.close(fig)
+    update_readme(readme, results)
+    text = readme.read_text()
+    assert "45.7 % of its last-layer cross-attention" in text and "against 12.3 %" in text
+    assert "431 (image, class) pairs" in text and "checkpoint runs/x/best.pt" in text
+    assert "(results/figures/walkthrough_attention.png)" in text
+    assert (results / "tables" / SUMMARY_FILE).is_file()

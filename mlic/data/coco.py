@@ -26,6 +26,7 @@ from mlic.data.records import (
     ObjectTable,
     SplitIndex,
     area_fraction,
+    box_fraction,
     check_label_matrix,
     file_inside,
     is_number,
@@ -76,7 +77,7 @@ def read_coco(root: str | Path, split: str) -> SplitIndex:
         dtype=np.int64,
     ).reshape(n, 2)
     targets = np.zeros((n, k), dtype=np.float32)
-    rows: list[tuple[int, int, float, bool, bool]] = []
+    rows: list[tuple[int, int, float, bool, bool, Any]] = []
     invalid = 0
     for ann in coco.dataset["annotations"]:
         iid, cid = ann["image_id"], ann["category_id"]
@@ -96,7 +97,11 @@ def read_coco(root: str | Path, split: str) -> SplitIndex:
         if fraction is None:  # an unusable box or area: the label stands, its size is unknown
             invalid += 1
             fraction = math.nan
-        rows.append((i, c, fraction, False, bool(ann.get("iscrowd", 0))))
+        box = None
+        if math.isfinite(fraction) and ann.get("bbox") is not None:  # a checked bbox
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            box = box_fraction(x, y, x + w, y + h, *map(float, sizes[i]))
+        rows.append((i, c, fraction, False, bool(ann.get("iscrowd", 0)), box))
     if invalid:
         log.warning(
             "%s: %d annotation(s) have an unusable bbox or area (non-numeric, NaN, negative, "

@@ -16,13 +16,7 @@ def take(index: SplitIndex, rows: np.ndarray) -> SplitIndex:
     new_row[rows] = np.arange(len(rows))
     obj = index.objects
     keep = new_row[obj.image_index] >= 0 if len(obj) else np.zeros(0, dtype=bool)
-    objects = type(obj)(
-        new_row[obj.image_index[keep]],
-        obj.class_index[keep],
-        obj.area_fraction[keep],
-        obj.difficult[keep],
-        obj.crowd[keep],
-    )
+    objects = obj.subset(keep, new_row[obj.image_index[keep]])
     return SplitIndex(
         dataset=index.dataset,
         split=index.split,

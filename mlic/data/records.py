@@ -27,43 +27,64 @@ MAX_IMAGE_SIDE = 100_000  # px, an annotated width or height
 @dataclass(frozen=True)
 class ObjectTable:
     """One row per annotated object (flat arrays of equal length M), for the small-object
-    analysis: which image and class, and how much of the image it covers."""
+    analysis (how much of the image it covers) and the attention analysis (where it is)."""
 
     image_index: np.ndarray  # [M] int64, row in the SplitIndex
     class_index: np.ndarray  # [M] int64, 0..K-1
     area_fraction: np.ndarray  # [M] float32, object area / image area (0-1); NaN if unknown
     difficult: np.ndarray  # [M] bool, VOC `difficult`; all False for COCO
     crowd: np.ndarray  # [M] bool, COCO `iscrowd`; all False for VOC
+    # [M, 4] float32: the box (x0, y0, x1, y1) as fractions of the image's width and height,
+    # clipped to [0, 1]; NaN where there is no usable box or the image size is unknown.
+    box: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
     def __len__(self) -> int:
         return int(self.image_index.shape[0])
 
     @staticmethod
-    def from_rows(rows: list[tuple[int, int, float, bool, bool]]) -> ObjectTable:
-        """Rows of (image_index, class_index, area_fraction, difficult, crowd)."""
+    def from_rows(rows: list[tuple[int, int, float, bool, bool, Any]]) -> ObjectTable:
+        """Rows of (image_index, class_index, area_fraction, difficult, crowd, box), the box a
+        (x0, y0, x1, y1) tuple of image fractions or None."""
         if not rows:
             empty_i = np.zeros(0, dtype=np.int64)
             empty_b = np.zeros(0, dtype=bool)
             return ObjectTable(empty_i, empty_i, np.zeros(0, np.float32), empty_b, empty_b)
-        img, cls, area, diff, crowd = zip(*rows, strict=True)
+        img, cls, area, diff, crowd, box = zip(*rows, strict=True)
+        nan_box = (math.nan,) * 4
+        boxes = np.asarray([nan_box if b is None else b for b in box], dtype=np.float32)
         return ObjectTable(
             image_index=np.asarray(img, dtype=np.int64),
             class_index=np.asarray(cls, dtype=np.int64),
             area_fraction=np.asarray(area, dtype=np.float32),
             difficult=np.asarray(diff, dtype=bool),
             crowd=np.asarray(crowd, dtype=bool),
+            box=np.clip(boxes, 0.0, 1.0),  # NaN stays NaN
         )
 
-    def select_images(self, n: int) -> ObjectTable:
-        """The objects of the first n images."""
-        keep = self.image_index < n
+    def subset(self, keep: np.ndarray, image_index: np.ndarray | None = None) -> ObjectTable:
+        """The rows `keep` (a mask), with their image indices replaced by `image_index` when
+        the images were renumbered."""
         return ObjectTable(
-            self.image_index[keep],
+            self.image_index[keep] if image_index is None else image_index,
             self.class_index[keep],
             self.area_fraction[keep],
             self.difficult[keep],
             self.crowd[keep],
+            self.box[keep],
         )
+
+    def select_images(self, n: int) -> ObjectTable:
+        """The objects of the first n images."""
+        return self.subset(self.image_index < n)
+
+
+def box_fraction(
+    x0: float, y0: float, x1: float, y1: float, width: float, height: float
+) -> tuple[float, float, float, float] | None:
+    """A pixel box as fractions of the image; None for an unknown image size or an empty box."""
+    if not (width > 0 and height > 0 and x1 > x0 and y1 > y0):  # NaN fails too
+        return None
+    return (x0 / width, y0 / height, x1 / width, y1 / height)
 
 
 @dataclass(frozen=True)

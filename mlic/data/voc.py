@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 
 import numpy as np
@@ -27,6 +28,7 @@ from mlic.data.records import (
     ObjectTable,
     SplitIndex,
     area_fraction,
+    box_fraction,
     check_label_matrix,
 )
 from mlic.errors import DataError
@@ -95,7 +97,7 @@ def read_voc(root: str | Path, split: str) -> SplitIndex:
     positive = np.zeros((n, k), dtype=bool)
     difficult_only = np.zeros((n, k), dtype=bool)
     sizes = np.zeros((n, 2), dtype=np.int64)
-    rows: list[tuple[int, int, float, bool, bool]] = []
+    rows: list[tuple[int, int, float, bool, bool, Any]] = []
     invalid = 0
     files = np.array([str(image_dir / f"{image_id}.jpg") for image_id in ids])
     for i, image_id in enumerate(ids):
@@ -120,7 +122,12 @@ def read_voc(root: str | Path, split: str) -> SplitIndex:
             if fraction is None:  # an unusable box: the label stands, its size is unknown
                 invalid += 1
                 fraction = np.nan
-            rows.append((i, c, fraction, difficult, False))
+            box = None
+            if np.isfinite(fraction):  # a usable box: pixel indices 1..W, inclusive
+                b = obj.find("bndbox")
+                x0, y0, x1, y1 = (_number(b, t, xml_path) for t in ("xmin", "ymin", "xmax", "ymax"))
+                box = box_fraction(x0 - 1.0, y0 - 1.0, x1, y1, *map(float, sizes[i]))
+            rows.append((i, c, fraction, difficult, False, box))
     return SplitIndex(
         dataset="voc",
         split=split,
