@@ -8,23 +8,25 @@ summing to 1) is weighed against how much of each token's cell the class's boxes
     on_object = sum over tokens of attention * covered share of the token's cell
 
 A query that spreads its attention evenly scores the boxes' share of the image (`chance`); one
-that looks only at cells inside its object scores 1. A token stands for its cell of the image
-(the stride-aligned grid), which is how the walkthrough draws the map too, blown up over the
-image; the receptive field of a deep token is wider, so this measures where the query reads,
-not what the backbone saw.
+that looks only at cells inside its object scores 1. A token stands for an equal 1/h x 1/w cell
+of the image, as the walkthrough draws the map (blown up over the image). That is approximate:
+at 56 px and stride 16 the 4 x 4 tokens sit on 16 px strides, the last row and column partly
+over padding; and a deep token's receptive field is wider than its cell. So this measures where
+a query reads, not what the backbone saw.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from mlic.data.base import MultiLabelDataset
+if TYPE_CHECKING:  # torch only where a model runs: the report reads SUMMARY_FILE without it
+    from torch import nn
+
+    from mlic.data.base import MultiLabelDataset
 
 SUMMARY_FILE = "attention_on_objects.json"  # in <results>/tables/, read by the README block
 SUBCELLS = 8  # each token cell is sampled on an 8 x 8 grid to find the share a box covers
@@ -49,7 +51,6 @@ def attention_on_boxes(attention: np.ndarray, boxes: np.ndarray) -> tuple[float,
     return float((attention * coverage).sum()), float(coverage.mean())
 
 
-@torch.no_grad()
 def attention_on_objects(
     model: nn.Module,
     dataset: MultiLabelDataset,
@@ -69,14 +70,17 @@ def attention_on_objects(
         objects.image_index[usable], objects.class_index[usable], objects.box[usable], strict=True
     ):
         boxes_of.setdefault((int(i), int(c)), []).append(box)
+    import torch
+
     device = next(model.parameters()).device
     on, chance = [], []
     for start in range(0, n, batch_size):
         rows = range(start, min(start + batch_size, n))
         images = torch.stack([dataset[i][0] for i in rows]).to(device)
-        if images.dtype == torch.uint8:
-            images = images.float() / 255
-        maps = model.cross_attention(images).float().cpu().numpy()  # [b, K, h, w]
+        if not images.is_floating_point():  # uint8 items skip the normalisation the model expects
+            raise ValueError("attention_on_objects needs the float pipeline (build_dataset's default)")
+        with torch.no_grad():
+            maps = model.cross_attention(images).float().cpu().numpy()  # [b, K, h, w]
         for j, i in enumerate(rows):
             for c in range(maps.shape[1]):
                 if (i, c) in boxes_of:

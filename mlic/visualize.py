@@ -75,10 +75,8 @@ def show_predictions(
     With `thresholds` (per class [K], or one number) the answer is the predicted label set, as
     `mlic predict` gives it: true labels are marked found (+) or missed (-), predicted labels
     that are not true are marked as false alarms (!). Without, the `top` highest scores."""
-    n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.6), squeeze=False)
-    for ax, image, target, score in zip(axes[0], images, targets, scores, strict=True):
-        ax.imshow(to_display(image, mean, std))
+    titles = []
+    for target, score in zip(targets, scores, strict=True):
         true = torch.nonzero(target > 0.5).flatten().tolist()
         if thresholds is None:
             best = torch.argsort(score, descending=True)[:top].tolist()
@@ -92,9 +90,16 @@ def show_predictions(
             lines += ["", "false alarms:", *(f"! {class_names[k]} {score[k]:.2f}" for k in alarms)]
             if not alarms:
                 lines.append("(none)")
-        ax.set_title("\n".join(lines), fontsize=7, loc="left")
+        titles.append("\n".join(lines))
+    n = len(images)
+    text_height = 0.3 + 0.15 * max(t.count("\n") + 1 for t in titles)  # inches at 7 pt
+    fig, axes = plt.subplots(
+        1, n, figsize=(2.6 * n, 2.6 + text_height), squeeze=False, layout="constrained"
+    )  # constrained: room for the longest title, none cut off
+    for ax, image, title in zip(axes[0], images, titles, strict=True):
+        ax.imshow(to_display(image, mean, std))
+        ax.set_title(title, fontsize=7, loc="left")
         ax.axis("off")
-    fig.tight_layout()
     return fig
 
 
@@ -171,7 +176,7 @@ def save_figure(fig: plt.Figure, out_dir: str | Path, name: str) -> Path | None:
     from mlic.runrecord import atomic_write_bytes
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     path = Path(out_dir) / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())

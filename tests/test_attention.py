@@ -43,7 +43,7 @@ def test_over_a_dataset_every_true_class_with_a_box_is_one_pair(tiny_embedded_ro
         [f"data.embedded_root={tiny_embedded_root}", "data.image_size=32", "model.d_model=32",
          "model.dim_feedforward=64"],
     )  # fmt: skip
-    dataset = build_dataset(cfg.data, "val", uint8=True)
+    dataset = build_dataset(cfg.data, "val")
     model = build_model_from_config(cfg.model, dataset.num_classes).eval()
     got = attention_on_objects(model, dataset, max_images=10, batch_size=4)
     expected = int((dataset.targets[:10] > 0).sum())  # COCO tree: every positive has a box

@@ -373,6 +373,7 @@ def test_the_report_never_imports_the_engine():
     }
     assert {m for m in imported if m and m.startswith("mlic")} <= {
         "mlic",
+        "mlic.attention",  # the walkthrough's summary file name (torch only inside functions)
         "mlic.effects",  # the paired CI (scipy, no torch)
         "mlic.convergence",  # pure Python over history rows
         "mlic.errors",
