@@ -1062,7 +1062,7 @@ WALKTHROUGH_FIGURES = (
     ("walkthrough_predictions", "Walkthrough: validation images, true labels found (+) or missed "
      "(-) and false alarms (!) at the run's thresholds"),
     ("walkthrough_attention", "Walkthrough: where the query of each true class looks "
-     "(last decoder layer's cross-attention over the 4x4 tokens)"),
+     "(last decoder layer's cross-attention over the feature-map tokens)"),
 )  # fmt: skip
 
 

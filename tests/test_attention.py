@@ -55,3 +55,17 @@ def test_over_a_dataset_every_true_class_with_a_box_is_one_pair(tiny_embedded_ro
     )
     even = attention_on_objects(model, dataset, max_images=10, batch_size=4)
     assert even["on_object"] == pytest.approx(even["chance"]) and even["above_chance"] == 0.0
+
+
+def test_label_agreement_counts_found_missed_and_false_alarms():
+    from mlic.visualize import label_agreement
+
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    scores = torch.tensor([[0.9, 0.6, 0.2], [0.1, 0.8, 0.3]])
+    got = label_agreement(targets, scores, 0.5)
+    assert got == {"images": 2, "true_labels": 3, "found": 2, "missed": 1, "false_alarms": 1,
+                   "exactly_right": 1}  # fmt: skip
+    # Per-class thresholds: class 1 needs 0.7, class 2 only 0.15.
+    per_class = label_agreement(targets, scores, torch.tensor([0.5, 0.7, 0.15]))
+    assert (per_class["found"], per_class["missed"], per_class["false_alarms"]) == (3, 0, 1)
+    assert per_class["exactly_right"] == 1
