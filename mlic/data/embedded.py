@@ -11,7 +11,7 @@ renders the images; this module writes the trees):
   that scene with probability 0.85, else from any class: labels co-occur as in real scenes.
   Scenes and classes within a scene have unequal frequencies (as COCO's classes do).
 - 0-6 objects per image (mean 2.9; 2.2 distinct labels; 2% of images have none), drawn areas
-  log-uniform from 0.2% to 12-30% of the image: after occlusion about two thirds of the
+  log-uniform from 0.2% to 12-30% of the image: after occlusion about three quarters of the
   objects are small (visible area <= 5% of the image). A tiny object's shape is hard to see
   at 64 px, its colour is not, and its scene tells which shape that colour has there: the
   case where label correlations help.

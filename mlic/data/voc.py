@@ -117,15 +117,14 @@ def read_voc(root: str | Path, split: str) -> SplitIndex:
                 difficult_only[i, c] = True
             else:
                 positive[i, c] = True
-            area = _box_area(obj, xml_path)
-            fraction = np.nan if area is None else area_fraction(area, image_area)
+            corners = _box_corners(obj, xml_path)
+            fraction = np.nan if corners is None else area_fraction(_box_area(corners), image_area)
             if fraction is None:  # an unusable box: the label stands, its size is unknown
                 invalid += 1
                 fraction = np.nan
             box = None
             if np.isfinite(fraction):  # a usable box: pixel indices 1..W, inclusive
-                b = obj.find("bndbox")
-                x0, y0, x1, y1 = (_number(b, t, xml_path) for t in ("xmin", "ymin", "xmax", "ymax"))
+                x0, y0, x1, y1 = corners
                 box = box_fraction(x0 - 1.0, y0 - 1.0, x1, y1, *map(float, sizes[i]))
             rows.append((i, c, fraction, difficult, False, box))
     return SplitIndex(
@@ -209,14 +208,20 @@ def _size(root: Element, xml_path: Path, image_path: Path) -> tuple[int, int]:
         return 0, 0  # the unreadable image is reported when it is loaded
 
 
-def _box_area(obj: Element, xml_path: Path) -> float | None:
-    """VOC boxes are inclusive 1-based pixel indices: area = (xmax-xmin+1)(ymax-ymin+1).
-    None without a box; NaN or 0 for an unusable one (the caller counts those)."""
+def _box_corners(obj: Element, xml_path: Path) -> tuple[float, float, float, float] | None:
+    """The object's <bndbox> as (xmin, ymin, xmax, ymax), read once; None without a box."""
     box = obj.find("bndbox")
     if box is None:
         return None
     x0, y0 = _number(box, "xmin", xml_path), _number(box, "ymin", xml_path)
     x1, y1 = _number(box, "xmax", xml_path), _number(box, "ymax", xml_path)
+    return x0, y0, x1, y1
+
+
+def _box_area(corners: tuple[float, float, float, float]) -> float:
+    """VOC boxes are inclusive 1-based pixel indices: area = (xmax-xmin+1)(ymax-ymin+1);
+    NaN or 0 for an unusable box (the caller counts those)."""
+    x0, y0, x1, y1 = corners
     if not min(x0, y0) >= 0:  # negative or NaN: unusable (area_fraction refuses NaN)
         return float("nan")
     return (x1 - x0 + 1.0) * (y1 - y0 + 1.0) if x1 >= x0 and y1 >= y0 else 0.0
