@@ -78,7 +78,9 @@ def attention_on_objects(
         rows = range(start, min(start + batch_size, n))
         images = torch.stack([dataset[i][0] for i in rows]).to(device)
         if not images.is_floating_point():  # uint8 items skip the normalisation the model expects
-            raise ValueError("attention_on_objects needs the float pipeline (build_dataset's default)")
+            raise ValueError(
+                "attention_on_objects needs the float pipeline (build_dataset's default)"
+            )
         with torch.no_grad():
             maps = model.cross_attention(images).float().cpu().numpy()  # [b, K, h, w]
         for j, i in enumerate(rows):
@@ -109,4 +111,3 @@ def write_summary(summary: dict[str, Any], out_dir: str | Path, weights: str) ->
     text = json.dumps({**summary, "weights": weights}, indent=2, sort_keys=True) + "\n"
     atomic_write_bytes(path, text.encode())
     return path
-

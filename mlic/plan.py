@@ -20,7 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlic.config import load_config
 from mlic.errors import ConfigError
+from mlic.pretext import overrides, run_name
 
 TABLES = ("table1", "table2", "table3", "table4", "figures")
 
@@ -32,6 +34,9 @@ class Family:
     backbones: dict[str, str]  # "resnet" / "resnest" -> timm model name
     image_sizes: dict[int, int]  # the paper's size (448, 576) -> this family's size in px
     presets: dict[str, str]  # "coco448" / "coco576" / "voc448" -> base preset
+    # Pretrain each backbone on the embedded pretext tree first (`mlic.pretext`), the stand-in
+    # for ImageNet weights; False: the presets' own (timm's ImageNet) weights.
+    pretext: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -51,6 +56,7 @@ FAMILIES: dict[str, Family] = {
         backbones={"resnet": "resnet14t", "resnest": "resnest14d"},
         image_sizes={448: 56, 576: 72},
         presets={"coco448": "embedded", "coco576": "embedded", "voc448": "embedded"},
+        pretext=True,
     ),
 }
 
@@ -190,6 +196,33 @@ def runs(family: str, seeds: int = 1, only: str | Iterable[str] | None = None) -
     chosen = [s for s in SETTINGS if any(f.table in wanted for f in s.feeds)]
     seed_list: list[int | None] = [None] if seeds == 1 else list(range(seeds))
     return [_planned(s, family, seed) for s in chosen for seed in seed_list]
+
+
+def pretext_runs(family: str, needed: Iterable[PlannedRun] | None = None) -> list[PlannedRun]:
+    """The pretext runs that pretrain the family's backbones (none for the paper family): one
+    per backbone, or per backbone that a run in `needed` uses. At the 448 size (the paper's
+    ImageNet weights serve both of its sizes too)."""
+    fam = FAMILIES[family]
+    if not fam.pretext:
+        return []
+    keys = list(fam.backbones)
+    if needed is not None:
+        used = {setting(r.setting).backbone for r in needed}
+        keys = [k for k in keys if k in used]
+    root = load_config(fam.presets["coco448"]).data.embedded_root
+    out = []
+    for key in keys:
+        name = run_name(key)
+        ovr = {"name": name, **overrides(fam.backbones[key], fam.image_sizes[448], root)}
+        out.append(PlannedRun(name, name, family, fam.presets["coco448"], ovr))
+    return out
+
+
+def pretext_run_for(run: PlannedRun) -> str | None:
+    """The name of the pretext run whose backbone `run` loads (None: no pretext family)."""
+    if not FAMILIES[run.family].pretext:
+        return None
+    return run_name(setting(run.setting).backbone)
 
 
 def _tables(only: str | Iterable[str] | None) -> set[str]:

@@ -835,7 +835,6 @@ def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
     merged: dict[str, tuple[str, str]] = df.attrs.get("summaries", {})
     hidden = {c for pair in merged.values() for c in pair} | set(df.attrs.get("csv_only", []))
 
-
     hidden = {c for pair in merged.values() for c in pair} | set(df.attrs.get("csv_only", ()))
     out = pd.DataFrame(index=df.index)
     for column in df.columns:

@@ -21,9 +21,11 @@ from typing import Any
 
 import yaml
 
+from mlic import pretext
 from mlic.config import load_config
+from mlic.data.embedded import ensure_embedded
 from mlic.errors import MlicError
-from mlic.plan import PlannedRun, runs
+from mlic.plan import PlannedRun, pretext_run_for, pretext_runs, runs
 from mlic.runrecord import atomic_write_text, read_metrics
 from mlic.safeload import load_yaml
 
@@ -35,17 +37,32 @@ KERNEL = "python3"
 
 
 def run_overrides(
-    run: PlannedRun, family: str, data_root: str | None, extra: Sequence[str]
+    run: PlannedRun,
+    family: str,
+    data_root: str | None,
+    extra: Sequence[str],
+    results: Path = Path("results"),
 ) -> list[str]:
-    """The planned run's overrides as `key=value` strings, then the data root, then the user's."""
+    """The planned run's overrides as `key=value` strings, then the data root and the pretext
+    backbone it loads (embedded family), then the user's."""
     overrides = [f"{k}={_yaml_value(v)}" for k, v in run.overrides.items()]
+    if is_pretext(run):
+        return overrides + list(extra)  # its data is the embedded pretext tree, always
     if data_root:
         dataset = run.overrides.get("data.dataset") or load_config(run.preset).data.dataset
         overrides.append(f"data.root={Path(data_root) / dataset}")
     elif family == "paper":
         raise MlicError("the paper runs need --data-root DIR (holding coco/ and voc/VOC2007/)")
+    pretext_run = pretext_run_for(run)
+    if pretext_run:
+        weights = pretext.weights_path(Path(results) / "runs" / pretext_run)
+        overrides.append(f"model.pretrained_file={notebook_path(weights)}")
     overrides.append(f"name={run.name}")
     return overrides + list(extra)
+
+
+def is_pretext(run: PlannedRun) -> bool:
+    return run.name.startswith(pretext.PREFIX)
 
 
 def _yaml_value(value: Any) -> str:
@@ -167,32 +184,66 @@ def reproduce(
         raise MlicError(f"--gpus {gpus}: needs at least one GPU (leave it out for one process)")
     results = Path(results).resolve()
     plan = runs(family, seeds=seeds, only=list(only) if only else None)
-    todo = []
-    for run in plan:
-        ovr = run_overrides(run, family, data_root, overrides)
-        run_dir = results / "runs" / run.name
-        matches = recorded_config_matches(run_dir, run.preset, ovr)
-        if retrain and run_dir.exists():
-            print(f"[retrain] {run.name}: deleting its record to train it again", flush=True)
-            shutil.rmtree(run_dir)
-        elif matches and read_metrics(run_dir) is not None:
-            print(f"[skip] {run.name}: complete run record with the same configuration", flush=True)
-            continue
-        elif matches is False:
-            # A record of another configuration (the plan or the preset changed): retrain.
-            print(f"[redo] {run.name}: its record was made with another configuration", flush=True)
-            shutil.rmtree(run_dir)
-        todo.append((run, ovr))
+    todo = _to_train(plan, family, data_root, overrides, results, retrain)
+    # The pretext runs whose backbones the runs to train load: first, and only when needed.
+    needed = pretext_runs(family, needed=[run for run, _ in todo])
+    first = _to_train(needed, family, data_root, overrides, results, retrain)
+    if first:
+        ensure_embedded(load_config(first[0][0].preset).data.embedded_root)
     start = time.perf_counter()
     workers = max(1, gpus or 1)
-    if workers == 1:
-        for i, (run, ovr) in enumerate(todo, 1):
-            _announce(i, len(todo), run, start)
-            train_one(run.name, run.preset, ovr, results)
-    else:
-        _train_on_gpus(todo, results, workers, start)
-    print(f"trained {len(todo)} run(s) in {time.perf_counter() - start:.0f} s", flush=True)
+    for stage in (first, todo):  # the pretext backbones before the runs that load them
+        if workers == 1:
+            for i, (run, ovr) in enumerate(stage, 1):
+                _announce(i, len(stage), run, start)
+                train_one(run.name, run.preset, ovr, results)
+        else:
+            _train_on_gpus(stage, results, workers, start)
+        for run, _ in stage:
+            if is_pretext(run):
+                pretext.write_backbone_weights(results / "runs" / run.name)
+    trained = len(first) + len(todo)
+    print(f"trained {trained} run(s) in {time.perf_counter() - start:.0f} s", flush=True)
     build_outputs(results, family)
+
+
+def _to_train(
+    planned: list[PlannedRun],
+    family: str,
+    data_root: str | None,
+    overrides: Sequence[str],
+    results: Path,
+    retrain: bool,
+) -> list[tuple[PlannedRun, list[str]]]:
+    out = []
+    for run in planned:
+        ovr = run_overrides(run, family, data_root, overrides, results)
+        if _needs_training(run, ovr, results, retrain):
+            out.append((run, ovr))
+    return out
+
+
+def _needs_training(run: PlannedRun, ovr: list[str], results: Path, retrain: bool) -> bool:
+    """Whether `run` is to be trained; deletes a record that is to be replaced. A pretext run
+    also needs its backbone weight file (not committed, like the checkpoints)."""
+    run_dir = results / "runs" / run.name
+    matches = recorded_config_matches(run_dir, run.preset, ovr)
+    complete = matches and read_metrics(run_dir) is not None
+    if is_pretext(run) and not pretext.weights_path(run_dir).is_file():
+        complete = False
+    if retrain and run_dir.exists():
+        print(f"[retrain] {run.name}: deleting its record to train it again", flush=True)
+    elif complete:
+        print(f"[skip] {run.name}: complete run record with the same configuration", flush=True)
+        return False
+    elif matches is False:
+        # A record of another configuration (the plan or the preset changed): retrain.
+        print(f"[redo] {run.name}: its record was made with another configuration", flush=True)
+    elif matches:
+        print(f"[redo] {run.name}: its record or its backbone weights are incomplete", flush=True)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return True
 
 
 def _announce(i: int, n: int, run: PlannedRun, start: float) -> None:

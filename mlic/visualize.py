@@ -85,7 +85,9 @@ def show_predictions(
         else:
             chosen = set(torch.nonzero(score >= thresholds).flatten().tolist())
             lines = ["true (+ found, - missed):"]
-            lines += [f"{'+' if k in chosen else '-'} {class_names[k]} {score[k]:.2f}" for k in true]
+            lines += [
+                f"{'+' if k in chosen else '-'} {class_names[k]} {score[k]:.2f}" for k in true
+            ]
             alarms = sorted(chosen - set(true), key=lambda k: -float(score[k]))
             lines += ["", "false alarms:", *(f"! {class_names[k]} {score[k]:.2f}" for k in alarms)]
             if not alarms:
@@ -181,4 +183,3 @@ def save_figure(fig: plt.Figure, out_dir: str | Path, name: str) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
     return path
-

@@ -114,10 +114,17 @@ def test_retrain_trains_runs_whose_records_are_complete(tmp_path, monkeypatch, r
     trained, built = [], []
     monkeypatch.setattr(reproduce, "train_one", lambda name, *a: trained.append(name))
     monkeypatch.setattr(reproduce, "build_outputs", lambda *a: built.append(a))
+    monkeypatch.setattr(reproduce, "ensure_embedded", lambda root: None)
+    monkeypatch.setattr(reproduce.pretext, "write_backbone_weights", lambda run_dir: None)
     planned = runs("embedded", only="table4")
-    dirs = [_complete_record(tmp_path, r, run_overrides(r, "embedded", None, [])) for r in planned]
+    dirs = [
+        _complete_record(tmp_path, r, run_overrides(r, "embedded", None, [], tmp_path))
+        for r in planned
+    ]
     reproduce.reproduce("embedded", results=tmp_path, only=["table4"], retrain=retrain)
-    assert trained == ([r.name for r in planned] if retrain else [])
+    # Retraining needs the pretext backbones first (their weight files are not committed).
+    pretexts = ["pretext-resnet", "pretext-resnest"]
+    assert trained == (pretexts + [r.name for r in planned] if retrain else [])
     assert all(d.exists() != retrain for d in dirs)  # records deleted before retraining
     assert len(built) == 1
 

@@ -23,6 +23,11 @@ renders the images; this module writes the trees):
   supercategory = the shape, bbox [x,y,w,h] and area of the VISIBLE part (as COCO's are).
 - VOC tree: the same JPEG files; `difficult` = less than half visible, or a tiny object
   (< 1% of the image) with probability 0.35; classes in `VOC2007/classes.txt`.
+- Pretext tree (`pretext/`, a CSV dataset): the stand-in for ImageNet. Each image shows ONE
+  object of any class (no scene), drawn from 0.5 % to 30 % of the image, on the same clutter;
+  its class is the image's one label. The embedded plan pretrains each backbone on it once
+  (`mlic.pretext`), as the paper starts from ImageNet weights. Twice as many training images
+  as the dataset's; as many validation images.
 
 Determinism: image i of a split is drawn from its own NumPy generator seeded by
 (seed, split, i), so the bytes do not depend on the number of worker processes; JPEGs are
@@ -64,12 +69,17 @@ __all__ = [  # the class design is re-exported from synth
 # 2: 5,000 training images by default (was 2,500; issue 11); image i is the same as before.
 # 3: objects drawn from 0.2 % of the image (was 0.5 %), so that COCO's scaled "small" bucket
 #    holds about 6 % of the positives (issue 11, AP by object size); 6,000 training images.
-GENERATOR_VERSION = 3
+# 4: a pretext tree (`pretext/`, one object per image) for pretraining the backbones; 4,500
+#    training images (the first 4,500 of version 3: image i is unchanged).
+GENERATOR_VERSION = 4
 MARKER = "mlic-embedded.json"
-DEFAULT_NUM_TRAIN = 6000
+DEFAULT_NUM_TRAIN = 4500
 DEFAULT_NUM_VAL = 1000
 DEFAULT_IMAGE_SIZE = 96  # px; the embedded preset trains at 56 and 72 px
 SPLITS = ("train2014", "val2014")
+PRETEXT = "pretext"  # the pretext tree's folder under the root: a CSV dataset (dataset: csv)
+PRETEXT_SPLITS = {"train": 2, "val": 3}  # split -> split code of the generator (2, 3: unused above)
+PRETEXT_PER_TRAIN = 2  # pretext training images per training image of the dataset
 VOC_SETS = {"train2014": "trainval", "val2014": "test"}
 # COCO's category ids are 1..90 with gaps; ours skip the multiples of 7.
 CATEGORY_IDS = tuple(i for i in range(1, 64) if i % 7)[: len(CLASSES)]
@@ -79,7 +89,8 @@ SMALL = 0.05  # of the image area
 
 
 def generator_params(seed: int, num_train: int, num_val: int, image_size: int) -> dict[str, Any]:
-    """What the marker file records; a different record means the data must be regenerated."""
+    """What the marker file records; a different record means the data must be regenerated.
+    The pretext tree's sizes follow from these (PRETEXT_PER_TRAIN x num_train, and num_val)."""
     return {
         "generator": "mlic.data.embedded",
         "version": GENERATOR_VERSION,
@@ -162,8 +173,9 @@ def generate_embedded(
     image_size: int = DEFAULT_IMAGE_SIZE,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Write `<root>/coco/...` and `<root>/voc/VOC2007/...` (replacing an earlier generated
-    dataset there); same arguments -> byte-identical files. Returns a summary."""
+    """Write `<root>/coco/...`, `<root>/voc/VOC2007/...` and the pretext tree `<root>/pretext/`
+    (replacing an earlier generated dataset there); same arguments -> byte-identical files.
+    Returns a summary."""
     root = Path(root)
     if num_train < 1 or num_val < 1:
         raise DataError(f"{root}: the embedded dataset needs at least one train and one val image")
@@ -179,6 +191,9 @@ def generate_embedded(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         counts = _write_trees(tmp, seed, num_train, num_val, image_size, workers)
+        counts["pretext_images"] = _write_pretext(
+            tmp / PRETEXT, seed, PRETEXT_PER_TRAIN * num_train, num_val, image_size, workers
+        )
         params = generator_params(seed, num_train, num_val, image_size)
         _write_text(tmp / MARKER, json.dumps(params, indent=2) + "\n")  # last: "complete"
         _swap_into_place(tmp, root, params)
@@ -252,6 +267,26 @@ def _write_trees(
         counts["objects"][split] = n_objects
         counts["small_objects"][split] = n_small
         counts["difficult"][split] = n_difficult
+    return counts
+
+
+def _write_pretext(
+    out: Path, seed: int, num_train: int, num_val: int, size: int, workers: int | None
+) -> dict[str, int]:
+    """The pretext tree, a CSV dataset (`mlic.data.csv_dataset`): one object per image, its
+    class the image's one label. The backbones are pretrained on it (`mlic.pretext`)."""
+    (out / "images").mkdir(parents=True)
+    _write_text(out / "classes.txt", "".join(f"{name}\n" for name in CLASSES))
+    counts = {}
+    for split, n in zip(PRETEXT_SPLITS, (num_train, num_val), strict=True):
+        rows = ["image,labels"]
+        rendered = _render_all(seed, PRETEXT_SPLITS[split], n, size, workers, pretext=True)
+        for i, (jpeg, objects) in enumerate(rendered):
+            name = f"images/pretext_{split}_{i:06d}.jpg"
+            (out / name).write_bytes(jpeg)
+            rows.append(f"{name},{'|'.join(CLASSES[o['class_index']] for o in objects)}")
+        _write_text(out / f"{split}.csv", "\n".join(rows) + "\n")
+        counts[split] = n
     return counts
 
 
@@ -352,17 +387,18 @@ def _remove_stale_temporaries(root: Path) -> None:
 
 
 def _render_all(
-    seed: int, split_code: int, n: int, size: int, workers: int | None
+    seed: int, split_code: int, n: int, size: int, workers: int | None, pretext: bool = False
 ) -> list[tuple[bytes, list[dict[str, Any]]]]:
     """Render images 0..n-1 of a split, in order; in `workers` processes when that helps."""
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if n >= 400 else 1
-    tasks = [(seed, split_code, i, size) for i in range(n)]
+    tasks = [(seed, split_code, i, size, pretext) for i in range(n)]
     if workers <= 1:
-        return [render_image(*task) for task in tasks]
+        return [_render_task(task) for task in tasks]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(_render_task, tasks, chunksize=max(1, n // (8 * workers))))
 
 
-def _render_task(task: tuple[int, int, int, int]) -> tuple[bytes, list[dict[str, Any]]]:
-    return render_image(*task)
+def _render_task(task: tuple[int, int, int, int, bool]) -> tuple[bytes, list[dict[str, Any]]]:
+    seed, split_code, index, size, pretext = task
+    return render_image(seed, split_code, index, size, pretext=pretext)

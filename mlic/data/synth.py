@@ -42,6 +42,8 @@ NUM_OBJECTS_P = (0.02, 0.2, 0.24, 0.2, 0.16, 0.1, 0.08)  # P(0..6 objects); 0 = 
 # image (32^2 px of 640x480, i.e. 1/300), so the AP-by-object-size table has a small bucket.
 MIN_AREA = 0.002
 DISTRACTOR_MIN_AREA = 0.005  # clutter shapes in neutral colours
+# Pretext (pretraining) images: one object, drawn from 0.5 % to 30 % of the image.
+PRETEXT_MIN_AREA, PRETEXT_MAX_AREA = 0.005, 0.30
 MIN_VISIBLE = 0.35  # of an object's own area, after occlusion and truncation
 DIFFICULT_VISIBLE = 0.5
 DIFFICULT_TINY, P_DIFFICULT_TINY = 0.01, 0.35
@@ -75,9 +77,13 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 
 
 def render_image(
-    seed: int, split_code: int, index: int, size: int
+    seed: int, split_code: int, index: int, size: int, *, pretext: bool = False
 ) -> tuple[bytes, list[dict[str, Any]]]:
-    """One image: (JPEG bytes, annotated objects with bbox/area in final pixels, VOC flags)."""
+    """One image: (JPEG bytes, annotated objects with bbox/area in final pixels, VOC flags).
+
+    pretext: one object of any class and no scene, the backbone's pretraining images (the
+    stand-in for ImageNet, see `mlic.data.embedded`); the clutter is the same.
+    """
     rng = np.random.default_rng([seed, split_code, index])
     big = size * SUPERSAMPLE
     canvas = _background(rng, big)  # [big, big, 3] float32
@@ -88,19 +94,12 @@ def render_image(
     for _ in range(rng.integers(0, 3)):
         _draw_distractor(rng, canvas, owner, objects, big, on_top=False)
 
-    # Objects: one scene, mostly its classes (the co-occurrence structure).
-    n = rng.choice(len(NUM_OBJECTS_P), p=NUM_OBJECTS_P)
-    scene = rng.choice(NUM_SCENES, p=SCENE_WEIGHTS)
-    members = SCENES[scene]
-    in_scene = np.roll(IN_SCENE_WEIGHTS, scene)  # which member is most frequent varies
-    upper = 0.30 if n <= 2 else 0.18 if n <= 4 else 0.12
-    for _ in range(n):
-        if rng.random() < P_OUT_OF_SCENE:
-            cls = int(rng.integers(len(CLASSES)))
-        else:
-            cls = int(members[rng.choice(len(members), p=in_scene)])
-        area = math.exp(rng.uniform(math.log(MIN_AREA), math.log(upper)))
+    if pretext:
+        cls = int(rng.integers(len(CLASSES)))
+        area = math.exp(rng.uniform(math.log(PRETEXT_MIN_AREA), math.log(PRETEXT_MAX_AREA)))
         _draw_object(rng, canvas, owner, objects, big, cls, area)
+    else:
+        _draw_scene(rng, canvas, owner, objects, big)
 
     # Distractors on top: occluders (kept only if every object stays >= MIN_VISIBLE visible).
     for _ in range(rng.integers(0, 3)):
@@ -113,6 +112,22 @@ def render_image(
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", **JPEG)
     return buffer.getvalue(), _annotate(rng, owner, objects, size)
+
+
+def _draw_scene(rng, canvas, owner, objects, big) -> None:
+    """The dataset's objects: one scene, mostly its classes (the co-occurrence structure)."""
+    n = rng.choice(len(NUM_OBJECTS_P), p=NUM_OBJECTS_P)
+    scene = rng.choice(NUM_SCENES, p=SCENE_WEIGHTS)
+    members = SCENES[scene]
+    in_scene = np.roll(IN_SCENE_WEIGHTS, scene)  # which member is most frequent varies
+    upper = 0.30 if n <= 2 else 0.18 if n <= 4 else 0.12
+    for _ in range(n):
+        if rng.random() < P_OUT_OF_SCENE:
+            cls = int(rng.integers(len(CLASSES)))
+        else:
+            cls = int(members[rng.choice(len(members), p=in_scene)])
+        area = math.exp(rng.uniform(math.log(MIN_AREA), math.log(upper)))
+        _draw_object(rng, canvas, owner, objects, big, cls, area)
 
 
 def _annotate(
