@@ -209,7 +209,10 @@ def _cmd_data_embedded(args) -> None:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
         ensure_embedded(root, seed=args.seed)
-    print(f"embedded dataset ready: {root / 'coco'} and {root / 'voc' / 'VOC2007'}")
+    print(
+        f"embedded dataset ready: {root / 'coco'}, {root / 'voc' / 'VOC2007'} "
+        f"and the pretext tree {root / 'pretext'}"
+    )
 
 
 def _cmd_data_stats(args) -> None:

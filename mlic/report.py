@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlic import paper
+from mlic import paper, pretext
 from mlic.convergence import THRESHOLD as CONVERGENCE_THRESHOLD
 from mlic.convergence import last_quarter_gain
 from mlic.errors import ConfigError, DataError, one_line
@@ -245,6 +245,17 @@ def _diff(a: float, b: float) -> float:
 # --------------------------------------------------------------------------- captions
 
 
+def _start_weights(record: RunRecord) -> str:
+    """Where a run's backbone weights came from, in a caption's words."""
+    file = record.get("model.pretrained_file")
+    if file:
+        parent = Path(str(file)).parent.parent.name  # <run>/checkpoints/backbone.pt
+        if parent.startswith(pretext.PREFIX):
+            return "pretrained on the embedded pretext tree"
+        return f"weights from {Path(str(file)).name}"
+    return "ImageNet weights" if record.get("model.pretrained") else "from scratch"
+
+
 def _describe(records: list[RunRecord], family: str, paper_data: str, paper_size: str) -> str:
     """One caption line about this replication's runs, from their config.yaml."""
     if not records:
@@ -262,7 +273,8 @@ def _describe(records: list[RunRecord], family: str, paper_data: str, paper_size
     sizes = values("data.image_size")
     d_model = values("model.d_model", lambda r: r.get("model.head") != "gap")
     epochs = values("train.epochs")
-    details = f"backbones {backbones}; input {sizes} px (paper: {paper_size})"
+    starts = ", ".join(sorted({_start_weights(r) for r in records}))
+    details = f"backbones {backbones} ({starts}); input {sizes} px (paper: {paper_size})"
     if d_model:
         details += f"; d_model {d_model}"
     if epochs:
@@ -1089,6 +1101,28 @@ def _walkthrough_block(readme: Path, out_dir: Path) -> list[str]:
     return parts
 
 
+def _pretext_block(out_dir: Path) -> list[str]:
+    """One sentence on the pretext runs that pretrained the embedded backbones (`mlic.pretext`),
+    from their records; nothing when there are none."""
+    fam = FAMILIES["embedded"]
+    done = []
+    for key, backbone in fam.backbones.items():
+        metrics = read_metrics(out_dir / "runs" / pretext.run_name(key))
+        if metrics is not None:
+            done.append(
+                f"`{pretext.run_name(key)}` ({backbone}) {metrics['map']:.2f} % mAP after "
+                f"{metrics['epochs']} epochs (best epoch {metrics['best']['epoch']})"
+            )
+    if not done:
+        return []
+    return [
+        "**Pretrained backbones** (`mlic.pretext`, the stand-in for ImageNet weights): each "
+        "backbone was first trained with the GAP head on the pretext tree (one object per "
+        "image); on its validation images " + "; ".join(done) + ". Every run above starts "
+        "from these weights."
+    ]
+
+
 README_BEGIN = "<!-- results:begin (written by `mlic report --readme README.md`) -->"
 README_END = "<!-- results:end -->"
 
@@ -1108,6 +1142,7 @@ def update_readme(readme: Path, out_dir: Path) -> None:
     ):
         rel = (Path(out_dir) / "figures" / f"{name}.png").relative_to(Path(readme).parent)
         parts.append(f"![{caption}]({rel.as_posix()})")
+    parts.extend(_pretext_block(Path(out_dir)))
     parts.extend(_walkthrough_block(Path(readme), Path(out_dir)))
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)

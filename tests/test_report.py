@@ -386,3 +386,15 @@ def test_the_report_never_imports_the_engine():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=120)  # fmt: skip
     assert proc.stdout.strip() == "[]"
+
+
+def test_captions_say_where_the_backbone_weights_came_from(full):
+    caption = build_tables(full, "embedded")["table1"].attrs["caption"]
+    assert "(from scratch)" in caption
+    for config in full.glob("*/config.yaml"):  # as `mlic reproduce` makes them now
+        text = config.read_text().replace(
+            "pretrained_file: ''", "pretrained_file: results/runs/pretext-resnet/checkpoints/b.pt"
+        )
+        config.write_text(text)
+    caption = build_tables(full, "embedded")["table1"].attrs["caption"]
+    assert "(pretrained on the embedded pretext tree)" in caption and "scratch" not in caption

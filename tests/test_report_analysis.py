@@ -263,3 +263,21 @@ def test_the_readme_block_shows_the_walkthrough_when_reproduce_saved_it(tmp_path
     assert "431 (image, class) pairs" in text and "checkpoint runs/x/best.pt" in text
     assert "(results/figures/walkthrough_attention.png)" in text
     assert (results / "tables" / SUMMARY_FILE).is_file()
+
+
+def test_the_readme_block_names_the_pretext_runs_from_their_records(tmp_path):
+    make_table4_runs(tmp_path / "runs", seeds=1)
+    results = tmp_path / "results"
+    build_report(tmp_path / "runs", results)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{report.README_BEGIN}\nold\n{report.README_END}\n")
+    update_readme(readme, results)
+    assert "Pretrained backbones" not in readme.read_text()  # no pretext record: nothing
+    run_dir = results / "runs" / "pretext-resnest"
+    run_dir.mkdir(parents=True)
+    metrics = {"complete": True, "map": 57.4242, "epochs": 4, "best": {"epoch": 3}}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    update_readme(readme, results)
+    text = readme.read_text()
+    assert "`pretext-resnest` (resnest14d) 57.42 % mAP after 4 epochs (best epoch 3)" in text
+    assert "pretext-resnet`" not in text
