@@ -779,7 +779,7 @@ def _log_epoch(row: dict[str, Any], cfg: Config) -> None:
 
 
 def _better(results: dict[str, dict]) -> str:
-    """ "model" or "ema": whose mAP is higher this epoch (a tie goes to the model)."""
+    """Whose mAP is higher this epoch, "model" or "ema" (a tie goes to the model)."""
     return "ema" if results["ema"]["map"] > results["model"]["map"] else "model"
 
 

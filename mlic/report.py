@@ -845,8 +845,6 @@ def _tables(collected: Collected) -> dict[str, pd.DataFrame]:
 def _display_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Strings for Markdown: mean ± std (n) in one cell, paper numbers as printed, 2 decimals."""
     merged: dict[str, tuple[str, str]] = df.attrs.get("summaries", {})
-    hidden = {c for pair in merged.values() for c in pair} | set(df.attrs.get("csv_only", []))
-
     hidden = {c for pair in merged.values() for c in pair} | set(df.attrs.get("csv_only", ()))
     out = pd.DataFrame(index=df.index)
     for column in df.columns:
