@@ -183,3 +183,24 @@ def test_the_example_csv_dataset_follows_the_format():
     assert {label for _, _, labels in val for label in labels} <= classes
     for _, image, _ in train + val:
         assert image.startswith("../../data/embedded/coco/") and image.endswith(".jpg")
+
+
+def test_the_example_csv_dataset_names_the_images_its_labels_describe():
+    # The example points into the default embedded dataset (seed 0) by file name; the ids of the
+    # validation images follow the training split's size, so a new default size moves them.
+    import re
+    from pathlib import Path
+
+    from mlic.data.csv_dataset import read_rows
+    from mlic.data.embedded import CLASSES, DEFAULT_IMAGE_SIZE, DEFAULT_NUM_TRAIN, SPLITS
+    from mlic.data.synth import render_image
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "csv-dataset"
+    for name in ("train.csv", "val.csv"):
+        for _, image, labels in read_rows(root / name):
+            split, image_id = re.search(r"embedded_(\w+?)_(\d+)\.jpg$", image).groups()
+            code = SPLITS.index(split)
+            index = int(image_id) - 1 - (DEFAULT_NUM_TRAIN if code == 1 else 0)
+            assert 0 <= index, f"{name}: {image} is not an image of the default dataset"
+            _, objects = render_image(0, code, index, DEFAULT_IMAGE_SIZE)
+            assert set(labels) == {CLASSES[o["class_index"]] for o in objects}, image
