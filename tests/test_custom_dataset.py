@@ -201,6 +201,6 @@ def test_the_example_csv_dataset_names_the_images_its_labels_describe():
             split, image_id = re.search(r"embedded_(\w+?)_(\d+)\.jpg$", image).groups()
             code = SPLITS.index(split)
             index = int(image_id) - 1 - (DEFAULT_NUM_TRAIN if code == 1 else 0)
-            assert 0 <= index, f"{name}: {image} is not an image of the default dataset"
+            assert index >= 0, f"{name}: {image} is not an image of the default dataset"
             _, objects = render_image(0, code, index, DEFAULT_IMAGE_SIZE)
             assert set(labels) == {CLASSES[o["class_index"]] for o in objects}, image

@@ -69,11 +69,11 @@ __all__ = [  # the class design is re-exported from synth
 # 2: 5,000 training images by default (was 2,500; issue 11); image i is the same as before.
 # 3: objects drawn from 0.2 % of the image (was 0.5 %), so that COCO's scaled "small" bucket
 #    holds about 6 % of the positives (issue 11, AP by object size); 6,000 training images.
-# 4: a pretext tree (`pretext/`, one object per image) for pretraining the backbones; 4,500
-#    training images (the first 4,500 of version 3: image i is unchanged).
+# 4: a pretext tree (`pretext/`, one object per image) for pretraining the backbones; 3,500
+#    training images (the first 3,500 of version 3: image i is unchanged).
 GENERATOR_VERSION = 4
 MARKER = "mlic-embedded.json"
-DEFAULT_NUM_TRAIN = 4500
+DEFAULT_NUM_TRAIN = 3500
 DEFAULT_NUM_VAL = 1000
 DEFAULT_IMAGE_SIZE = 96  # px; the embedded preset trains at 56 and 72 px
 SPLITS = ("train2014", "val2014")
