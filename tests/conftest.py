@@ -8,7 +8,7 @@ import pytest
 
 from mlic.data.embedded import generate_embedded
 
-TINY_EMBEDDED = {"seed": 0, "num_train": 64, "num_val": 32, "image_size": 64}
+TINY_EMBEDDED = {"seed": 0, "num_train": 64, "num_val": 32, "image_size": 64, "num_pretext": 96}
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,7 @@ def test_the_embedded_dataset_is_generated_on_first_use(tmp_path, monkeypatch):
 
     def small(root, **kwargs):  # the default size takes ~10 s: use a small one here
         calls.append(root)
-        return real(root, num_train=6, num_val=4, image_size=32, **kwargs)
+        return real(root, num_train=6, num_val=4, image_size=32, num_pretext=4, **kwargs)
 
     monkeypatch.setattr(build, "ensure_embedded", small)
     cfg = DataConfig(dataset="coco", embedded_root=str(tmp_path / "emb"), image_size=32)

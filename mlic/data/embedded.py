@@ -26,8 +26,8 @@ renders the images; this module writes the trees):
 - Pretext tree (`pretext/`, a CSV dataset): the stand-in for ImageNet. Each image shows ONE
   object of any class (no scene), drawn from 0.5 % to 30 % of the image, on the same clutter;
   its class is the image's one label. The embedded plan pretrains each backbone on it once
-  (`mlic.pretext`), as the paper starts from ImageNet weights. Twice as many training images
-  as the dataset's; as many validation images.
+  (`mlic.pretext`), as the paper starts from ImageNet weights. 12,000 training images (more
+  than the dataset's: the pretraining is shared by every run); as many validation images.
 
 Determinism: image i of a split is drawn from its own NumPy generator seeded by
 (seed, split, i), so the bytes do not depend on the number of worker processes; JPEGs are
@@ -75,11 +75,11 @@ GENERATOR_VERSION = 4
 MARKER = "mlic-embedded.json"
 DEFAULT_NUM_TRAIN = 3500
 DEFAULT_NUM_VAL = 1000
+DEFAULT_NUM_PRETEXT = 12000  # pretext training images (its validation split: num_val)
 DEFAULT_IMAGE_SIZE = 96  # px; the embedded preset trains at 56 and 72 px
 SPLITS = ("train2014", "val2014")
 PRETEXT = "pretext"  # the pretext tree's folder under the root: a CSV dataset (dataset: csv)
 PRETEXT_SPLITS = {"train": 2, "val": 3}  # split -> split code of the generator (2, 3: unused above)
-PRETEXT_PER_TRAIN = 2  # pretext training images per training image of the dataset
 VOC_SETS = {"train2014": "trainval", "val2014": "test"}
 # COCO's category ids are 1..90 with gaps; ours skip the multiples of 7.
 CATEGORY_IDS = tuple(i for i in range(1, 64) if i % 7)[: len(CLASSES)]
@@ -88,9 +88,10 @@ SMALL = 0.05  # of the image area
 # --------------------------------------------------------------------------- public API
 
 
-def generator_params(seed: int, num_train: int, num_val: int, image_size: int) -> dict[str, Any]:
-    """What the marker file records; a different record means the data must be regenerated.
-    The pretext tree's sizes follow from these (PRETEXT_PER_TRAIN x num_train, and num_val)."""
+def generator_params(
+    seed: int, num_train: int, num_val: int, image_size: int, num_pretext: int
+) -> dict[str, Any]:
+    """What the marker file records; a different record means the data must be regenerated."""
     return {
         "generator": "mlic.data.embedded",
         "version": GENERATOR_VERSION,
@@ -98,6 +99,7 @@ def generator_params(seed: int, num_train: int, num_val: int, image_size: int) -
         "num_train": num_train,
         "num_val": num_val,
         "image_size": image_size,
+        "num_pretext": num_pretext,
     }
 
 
@@ -119,14 +121,21 @@ def ensure_embedded(
     num_train: int | None = None,
     num_val: int | None = None,
     image_size: int | None = None,
+    num_pretext: int | None = None,
 ) -> Path:
     """Generate the embedded dataset under `root` unless a complete one (its marker file) from
     this generator version and seed is already there. Sizes left as None accept whatever a
     complete dataset there has (e.g. one made by `mlic data embedded` with other sizes) and
-    default to DEFAULT_NUM_TRAIN / DEFAULT_NUM_VAL / DEFAULT_IMAGE_SIZE when generating.
+    default to DEFAULT_NUM_TRAIN / DEFAULT_NUM_VAL / DEFAULT_IMAGE_SIZE / DEFAULT_NUM_PRETEXT when
+    generating.
     Returns `root`."""
     root = Path(root)
-    wanted = {"num_train": num_train, "num_val": num_val, "image_size": image_size}
+    wanted = {
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": image_size,
+        "num_pretext": num_pretext,
+    }
 
     def complete() -> bool:
         marker = read_marker(root) or {}
@@ -142,6 +151,7 @@ def ensure_embedded(
                 seed=seed,
                 num_train=num_train or DEFAULT_NUM_TRAIN,
                 num_val=num_val or DEFAULT_NUM_VAL,
+                num_pretext=num_pretext or DEFAULT_NUM_PRETEXT,
                 image_size=image_size or DEFAULT_IMAGE_SIZE,
             )
     return root
@@ -171,14 +181,17 @@ def generate_embedded(
     num_train: int = DEFAULT_NUM_TRAIN,
     num_val: int = DEFAULT_NUM_VAL,
     image_size: int = DEFAULT_IMAGE_SIZE,
+    num_pretext: int = DEFAULT_NUM_PRETEXT,
     workers: int | None = None,
 ) -> dict[str, Any]:
     """Write `<root>/coco/...`, `<root>/voc/VOC2007/...` and the pretext tree `<root>/pretext/`
     (replacing an earlier generated dataset there); same arguments -> byte-identical files.
     Returns a summary."""
     root = Path(root)
-    if num_train < 1 or num_val < 1:
-        raise DataError(f"{root}: the embedded dataset needs at least one train and one val image")
+    if num_train < 1 or num_val < 1 or num_pretext < 1:
+        raise DataError(
+            f"{root}: the embedded dataset needs at least one train, val and pretext image"
+        )
     if not 0 <= seed < 2**32:
         raise DataError(f"{root}: seed={seed} is not in [0, 2**32)")
     if image_size < 32:
@@ -192,16 +205,16 @@ def generate_embedded(
     try:
         counts = _write_trees(tmp, seed, num_train, num_val, image_size, workers)
         counts["pretext_images"] = _write_pretext(
-            tmp / PRETEXT, seed, PRETEXT_PER_TRAIN * num_train, num_val, image_size, workers
+            tmp / PRETEXT, seed, num_pretext, num_val, image_size, workers
         )
-        params = generator_params(seed, num_train, num_val, image_size)
+        params = generator_params(seed, num_train, num_val, image_size, num_pretext)
         _write_text(tmp / MARKER, json.dumps(params, indent=2) + "\n")  # last: "complete"
         _swap_into_place(tmp, root, params)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "root": str(root),
-        **generator_params(seed, num_train, num_val, image_size),
+        **generator_params(seed, num_train, num_val, image_size, num_pretext),
         "num_classes": len(CLASSES),
         "classes": list(CLASSES),
         "scenes": {
