@@ -235,16 +235,22 @@ def test_the_readme_block_holds_the_new_tables(tmp_path):
     assert text.index("Table 4b.") < text.index("Table 5 (beyond the paper)") < text.index("tail")
 
 
-def test_the_readme_block_shows_the_walkthrough_when_reproduce_saved_it(tmp_path):
-    from mlic.attention import SUMMARY_FILE, write_summary
-    from mlic.visualize import save_figure
-
+def _readme_from_one_seed(tmp_path: Path) -> tuple[Path, Path]:
+    """A README whose results block `update_readme` filled from one seed's Table 4 runs."""
     make_table4_runs(tmp_path / "runs", seeds=1)
     results = tmp_path / "results"
     build_report(tmp_path / "runs", results)
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{report.README_BEGIN}\nold\n{report.README_END}\n")
     update_readme(readme, results)
+    return readme, results
+
+
+def test_the_readme_block_shows_the_walkthrough_when_reproduce_saved_it(tmp_path):
+    from mlic.attention import SUMMARY_FILE, write_summary
+    from mlic.visualize import save_figure
+
+    readme, results = _readme_from_one_seed(tmp_path)
     assert "Where the class queries look" not in readme.read_text()  # nothing saved: nothing
 
     import matplotlib.pyplot as plt
@@ -266,12 +272,7 @@ def test_the_readme_block_shows_the_walkthrough_when_reproduce_saved_it(tmp_path
 
 
 def test_the_readme_block_names_the_pretext_runs_from_their_records(tmp_path):
-    make_table4_runs(tmp_path / "runs", seeds=1)
-    results = tmp_path / "results"
-    build_report(tmp_path / "runs", results)
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{report.README_BEGIN}\nold\n{report.README_END}\n")
-    update_readme(readme, results)
+    readme, results = _readme_from_one_seed(tmp_path)
     assert "Pretrained backbones" not in readme.read_text()  # no pretext record: nothing
     run_dir = results / "runs" / "pretext-resnest"
     run_dir.mkdir(parents=True)
