@@ -224,24 +224,24 @@ def _to_train(
 
 
 def _needs_training(run: PlannedRun, ovr: list[str], results: Path, retrain: bool) -> bool:
-    """Whether `run` is to be trained; deletes a record that is to be replaced. A pretext run
-    also needs its backbone weight file (not committed, like the checkpoints)."""
+    """Whether `run` is to be trained; deletes a record that is to be replaced. A record of the
+    same configuration that did not finish is kept: the training notebook resumes it. A finished
+    pretext run also needs its backbone weight file (not committed, like the checkpoints)."""
     run_dir = results / "runs" / run.name
     matches = recorded_config_matches(run_dir, run.preset, ovr)
-    complete = matches and read_metrics(run_dir) is not None
-    if is_pretext(run) and not pretext.weights_path(run_dir).is_file():
-        complete = False
+    finished = matches and read_metrics(run_dir) is not None
     if retrain and run_dir.exists():
         print(f"[retrain] {run.name}: deleting its record to train it again", flush=True)
-    elif complete:
+        shutil.rmtree(run_dir)
+    elif finished and is_pretext(run) and not pretext.weights_path(run_dir).is_file():
+        print(f"[redo] {run.name}: its backbone weight file is not on disk", flush=True)
+        shutil.rmtree(run_dir)
+    elif finished:
         print(f"[skip] {run.name}: complete run record with the same configuration", flush=True)
         return False
     elif matches is False:
         # A record of another configuration (the plan or the preset changed): retrain.
         print(f"[redo] {run.name}: its record was made with another configuration", flush=True)
-    elif matches:
-        print(f"[redo] {run.name}: its record or its backbone weights are incomplete", flush=True)
-    if run_dir.exists():
         shutil.rmtree(run_dir)
     return True
 

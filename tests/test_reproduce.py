@@ -9,9 +9,10 @@ import nbformat
 import pytest
 import yaml
 
+from mlic import pretext
 from mlic.config import load_config
 from mlic.errors import DataError, MlicError
-from mlic.plan import runs
+from mlic.plan import pretext_runs, runs
 from mlic.reproduce import check_parameters, execute_notebook, is_complete, run_overrides
 
 
@@ -173,3 +174,31 @@ def test_executed_notebooks_name_no_machine_folder(tmp_path):
     assert out["metadata"]["papermill"]["input_path"] == "notebooks/train.ipynb"
     assert out["cells"][0]["outputs"][0]["text"][0].startswith(".venv/lib/python3.11/")
     assert out["cells"][1]["outputs"][0]["text"] == ["/elsewhere/a\n"]  # not ours: unchanged
+
+
+def test_an_interrupted_run_of_the_same_configuration_is_kept_for_the_notebook_to_resume(
+    tmp_path, monkeypatch
+):
+    # README: "an interrupted reproduction continues where it stopped" (train.ipynb resumes
+    # from the run's last checkpoint), so its directory must survive the skip check.
+    import mlic.reproduce as reproduce
+
+    trained = []
+    monkeypatch.setattr(reproduce, "train_one", lambda name, *a: trained.append(name))
+    monkeypatch.setattr(reproduce, "build_outputs", lambda *a: None)
+    monkeypatch.setattr(reproduce, "ensure_embedded", lambda root: None)
+    monkeypatch.setattr(reproduce.pretext, "write_backbone_weights", lambda run_dir: None)
+    planned = runs("embedded", only="table3")
+    for run in planned:
+        _complete_record(tmp_path, run, run_overrides(run, "embedded", None, [], tmp_path))
+    for run in pretext_runs("embedded"):  # finished, with their weight files
+        run_dir = _complete_record(tmp_path, run, run_overrides(run, "embedded", None, []))
+        pretext.weights_path(run_dir).parent.mkdir()
+        pretext.weights_path(run_dir).write_bytes(b"weights")
+    interrupted = tmp_path / "runs" / "voc448-resnest-dual"
+    (interrupted / "metrics.json").unlink()
+    (interrupted / "checkpoints").mkdir()
+    (interrupted / "checkpoints" / "last.pt").write_bytes(b"checkpoint")
+    reproduce.reproduce("embedded", results=tmp_path, only=["table3"])
+    assert trained == ["voc448-resnest-dual"]
+    assert (interrupted / "checkpoints" / "last.pt").is_file()
