@@ -52,12 +52,17 @@ def overrides(backbone: str, image_size: int, embedded_root: str) -> dict[str, A
 def write_backbone_weights(run_dir: str | Path) -> Path:
     """The backbone's tensors of the run's best checkpoint, as a timm state_dict file that
     `model.pretrained_file` loads strictly."""
+    import io
+
     import torch  # here, not at the top: the plan (and the torch-free report) import this module
+
+    from mlic.checkpoint import load_checkpoint
+    from mlic.runrecord import atomic_write_bytes
 
     best = Path(run_dir) / "checkpoints" / "best.pt"
     if not best.is_file():
         raise CheckpointError(f"{best}: the pretext run left no best checkpoint")
-    state = torch.load(best, map_location="cpu", weights_only=True)["model"]
+    state = load_checkpoint(best)["model"]
     backbone = {
         key[len(BACKBONE_PREFIX) :]: value
         for key, value in state.items()
@@ -65,8 +70,8 @@ def write_backbone_weights(run_dir: str | Path) -> Path:
     }
     if not backbone:
         raise CheckpointError(f"{best}: holds no backbone.* tensors")
+    buffer = io.BytesIO()  # a plain state_dict (timm's reader), not an mlic checkpoint
+    torch.save(backbone, buffer)
     out = weights_path(run_dir)
-    tmp = out.with_suffix(".tmp")
-    torch.save(backbone, tmp)
-    tmp.replace(out)  # never a half-written weight file under the name the runs load
+    atomic_write_bytes(out, buffer.getvalue())  # never a torn file under the name runs load
     return out

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mlic import pretext
+from mlic.checkpoint import save_checkpoint
 from mlic.config import load_config
 from mlic.errors import CheckpointError
 from mlic.models.build import build_model
@@ -55,7 +56,9 @@ def test_the_weight_file_is_the_best_checkpoints_backbone_and_loads_strictly(tmp
     trained = build_model("resnet10t", "gap", K, pretrained=False, **TINY)
     run_dir = tmp_path / "pretext-resnet"
     (run_dir / "checkpoints").mkdir(parents=True)
-    torch.save({"model": trained.state_dict(), "weights": "ema"}, run_dir / "checkpoints/best.pt")
+    save_checkpoint(
+        run_dir / "checkpoints/best.pt", {"model": trained.state_dict(), "weights": "ema"}
+    )
     path = pretext.write_backbone_weights(run_dir)
     assert path == pretext.weights_path(run_dir) and not list(path.parent.glob("*.tmp"))
     loaded = build_model("resnet10t", "dual", K, pretrained_file=str(path), **TINY)
@@ -68,7 +71,7 @@ def test_a_pretext_run_without_a_checkpoint_is_a_one_line_error(tmp_path):
         pretext.write_backbone_weights(tmp_path)
     assert "\n" not in str(info.value)
     (tmp_path / "checkpoints").mkdir()
-    torch.save({"model": {"head.weight": torch.zeros(1)}}, tmp_path / "checkpoints/best.pt")
+    save_checkpoint(tmp_path / "checkpoints/best.pt", {"model": {"head.weight": torch.zeros(1)}})
     with pytest.raises(CheckpointError, match="no backbone"):
         pretext.write_backbone_weights(tmp_path)
 
