@@ -139,6 +139,10 @@ class TrainConfig:
     pct_start: float = 0.2
     weight_decay: float = 1e-4
     weight_decay_exempt: WeightDecayExempt = "norm_bias_queries"
+    # Weight decay of the BatchFormerV2 layer (model.batchformer=separate) alone; None: the same
+    # as weight_decay. The official BatchFormerV2 code gives that layer a parameter group of its
+    # own with `--bt_decay` (1e-4), whatever the other parameters get; the paper presets follow it.
+    batchformer_weight_decay: float | None = None
     grad_clip: float = 0.0
     ema_decay: float = 0.9997
     seed: int = 0

@@ -107,6 +107,7 @@ RULES: dict[str, Range | Pattern] = {
     "train.final_div_factor": positive(),
     "train.pct_start": Range(0, 1, low_open=True, high_open=True),
     "train.weight_decay": Range(0, 10),
+    "train.batchformer_weight_decay": Range(0, 10),
     "train.grad_clip": Range(0),
     "train.ema_decay": Range(0, 1, high_open=True),
     "train.seed": Range(0, 2**32 - 1),
@@ -215,6 +216,8 @@ def problems(cfg: Any) -> list[str]:
     for key, rule in RULES.items():
         value = lookup(cfg, key)
         for i, item in enumerate(value if isinstance(value, list) else [value]):
+            if item is None:  # an optional key left unset (e.g. "the same as another key")
+                continue
             problem = rule.problem(item)
             if problem:
                 where = f"{key}[{i}]" if isinstance(value, list) else key

@@ -209,14 +209,21 @@ def _images_to_device(images: torch.Tensor, rt: Runtime, data: DataConfig) -> to
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, exempt: str = "norm_bias_queries"
+    model: nn.Module,
+    weight_decay: float,
+    exempt: str = "norm_bias_queries",
+    batchformer_decay: float | None = None,
 ) -> list[dict[str, Any]]:
     """AdamW groups by `train.weight_decay_exempt`: "none" decays every parameter (Query2Label's
     main_mlc.py); "norm_bias" exempts 1-D tensors and biases (ASL's add_weight_decay);
-    "norm_bias_queries" also exempts embeddings (the learned class queries)."""
+    "norm_bias_queries" also exempts embeddings (the learned class queries).
+
+    `batchformer_decay` (`train.batchformer_weight_decay`), when set, is the decay of the
+    BatchFormerV2 layer's own parameters, as the official BatchFormerV2 code's separate group with
+    `--bt_decay`; the exemption policy still applies to that layer's norms and biases."""
     if exempt not in ("none", "norm_bias", "norm_bias_queries"):
         raise MlicError(f"train.weight_decay_exempt={exempt!r} is not a known policy")
-    decay, no_decay = [], []
+    decay, batch_layer, no_decay = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -224,10 +231,14 @@ def param_groups(
         embedding = "query_embed" in name or "embed" in name.split(".")[-1]
         if exempt != "none" and (norm_or_bias or (exempt == "norm_bias_queries" and embedding)):
             no_decay.append(p)
+        # TransformerEncoder.batch_layer: the separate BatchFormerV2 layer (under DDP too).
+        elif batchformer_decay is not None and ".batch_layer." in f".{name}":
+            batch_layer.append(p)
         else:
             decay.append(p)
     groups = [
         {"params": decay, "weight_decay": weight_decay},
+        {"params": batch_layer, "weight_decay": batchformer_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
@@ -235,7 +246,7 @@ def param_groups(
 
 def build_optimizer(model: nn.Module, cfg: Config, rt: Runtime) -> torch.optim.AdamW:
     t = cfg.train
-    groups = param_groups(model, t.weight_decay, t.weight_decay_exempt)
+    groups = param_groups(model, t.weight_decay, t.weight_decay_exempt, t.batchformer_weight_decay)
     return torch.optim.AdamW(groups, lr=t.lr, fused=rt.cuda or None)
 
 
@@ -751,7 +762,8 @@ def _resume_state(cfg: Config, run_dir: Path, last_path: Path) -> dict | None:
         return None  # nothing to resume: start from scratch
     state = load_checkpoint(last_path)
     check_contents(last_path, state, resume=True)
-    saved = state["config"]
+    # As the present code resolves it: a key added since the checkpoint takes its default.
+    saved = from_dict(state["config"], source=str(last_path)).to_dict()
     if saved != cfg.to_dict():
         diff = _first_difference(saved, cfg.to_dict())
         raise MlicError(

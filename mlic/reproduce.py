@@ -24,10 +24,9 @@ import yaml
 from mlic import pretext
 from mlic.config import load_config
 from mlic.data.embedded import ensure_embedded
-from mlic.errors import MlicError
+from mlic.errors import ConfigError, MlicError
 from mlic.plan import PlannedRun, pretext_run_for, pretext_runs, runs
 from mlic.runrecord import atomic_write_text, read_metrics
-from mlic.safeload import load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -70,11 +69,18 @@ def _yaml_value(value: Any) -> str:
 
 
 def recorded_config_matches(run_dir: Path, preset: str, overrides: list[str]) -> bool | None:
-    """Whether the run's config.yaml equals the configuration wanted now; None without one."""
+    """Whether the run's config.yaml equals the configuration wanted now; None without one.
+
+    The record is read as the present code resolves it, so a key added since it was written
+    takes its default (which keeps the old behaviour) instead of making every record stale."""
     config = run_dir / "config.yaml"
     if not config.is_file():
         return None
-    return load_yaml(config) == load_config(preset, overrides).to_dict()
+    try:
+        recorded = load_config(path=config).to_dict()
+    except ConfigError:  # a record the present rules refuse is trained again
+        return False
+    return recorded == load_config(preset, overrides).to_dict()
 
 
 def is_complete(run_dir: Path, preset: str, overrides: list[str]) -> bool:

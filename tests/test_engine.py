@@ -349,3 +349,42 @@ def test_a_checkpoint_without_the_best_record_is_refused_on_resume(finished_run,
     with pytest.raises(MlicError, match="older mlic") as info:
         fit(cfg, copy, resume=True, progress=False)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("preset", "wanted"), [("paper-coco-448", 1e-4), ("paper-voc-448", 1e-4), ("embedded", None)]
+)
+def test_the_batchformer_layer_has_the_official_weight_decay(preset, wanted):
+    """Paper presets: the official BatchFormerV2 code's `--bt_decay` 1e-4 for its layer, 1e-2 for
+    every other parameter; unset (the embedded preset), the layer decays like the rest."""
+    from mlic.config import load_config
+    from mlic.engine import param_groups
+    from mlic.models import build_model
+
+    cfg = load_config(preset).train
+    assert cfg.batchformer_weight_decay == wanted
+    model = build_model("resnet10t", "dual", 5, d_model=32, dim_feedforward=64)
+    groups = param_groups(
+        model, cfg.weight_decay, cfg.weight_decay_exempt, cfg.batchformer_weight_decay
+    )
+    decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(decay_of) == len(named)
+    layer = {n for n in named if n.startswith("head.encoder.batch_layer.")}
+    assert layer
+    exempt = {
+        id(p)
+        for g in param_groups(model, 1.0, cfg.weight_decay_exempt)
+        for p in g["params"]
+        if g["weight_decay"] == 0
+    }
+    for name, p in named.items():
+        if id(p) in exempt:
+            assert decay_of[id(p)] == 0.0, name
+        elif name in layer and wanted is not None:
+            assert decay_of[id(p)] == wanted, name
+        else:
+            assert decay_of[id(p)] == cfg.weight_decay, name
+    if wanted is not None:  # the paper presets decay everything else at 1e-2
+        assert cfg.weight_decay == 1e-2
+        assert {decay_of[id(named[n])] for n in layer} == {1e-4}

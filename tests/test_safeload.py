@@ -143,9 +143,13 @@ def numeric_keys(cls: type, prefix: str = "") -> list[str]:
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
             keys += numeric_keys(hint, f"{prefix}{f.name}.")
-        elif hint in (int, float) or typing.get_args(hint) in ((int,), (float,)):
+        elif hint in (int, float) or _without_none(typing.get_args(hint)) in ((int,), (float,)):
             keys.append(f"{prefix}{f.name}")
     return keys
+
+
+def _without_none(args: tuple) -> tuple:
+    return tuple(a for a in args if a is not type(None))
 
 
 def test_every_numeric_configuration_key_has_a_range():
