@@ -123,7 +123,7 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], l
             cwd=str(REPO_ROOT),
             progress_bar=False,
         )
-        strip_machine_paths(output)
+        normalize_executed(output)
     except PapermillExecutionError as exc:
         raise MlicError(
             f"{label}: {notebook.name} failed in cell {exc.exec_count} "
@@ -132,17 +132,30 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], l
         ) from None
 
 
-def strip_machine_paths(executed: Path) -> None:
-    """Write the repository root out of an executed notebook: papermill records the absolute
-    input/output paths, and warnings print absolute file names (e.g. a package in .venv). The
-    committed results then say nothing about the machine that made them."""
+# The clock times papermill and the kernel record in an executed notebook: they change on every
+# execution, so a fresh clone's `mlic reproduce` would rewrite committed notebooks that show the
+# same results. The run records keep the durations that matter (wall_seconds, seconds per epoch).
+_CLOCK_KEYS = ("start_time", "end_time", "duration")
+
+
+def normalize_executed(executed: Path) -> None:
+    """Write the machine and the clock out of an executed notebook: papermill records the
+    absolute input/output paths and each cell's times, the kernel its execution timestamps, and
+    warnings print absolute file names (e.g. a package in .venv). The committed results then say
+    nothing about the machine that made them, and executing again gives the same bytes."""
     root = f"{REPO_ROOT.as_posix()}/"
     nb = json.loads(executed.read_text(encoding="utf-8"))
     meta = nb.get("metadata", {}).get("papermill", {})
     for key in ("input_path", "output_path"):
         if isinstance(meta.get(key), str):
             meta[key] = meta[key].replace(root, "")
+    for key in _CLOCK_KEYS:
+        meta.pop(key, None)
     for cell in nb.get("cells", []):
+        cell_meta = cell.get("metadata", {})
+        cell_meta.pop("execution", None)
+        for key in _CLOCK_KEYS:
+            cell_meta.get("papermill", {}).pop(key, None)
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream":
                 text = out.get("text", "")

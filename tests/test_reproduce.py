@@ -147,9 +147,10 @@ def test_notebook_parameters_are_repository_relative(tmp_path, monkeypatch):
     assert seen[-1]["run_dir"] == str((tmp_path / "runs" / "demo").resolve())
 
 
-def test_executed_notebooks_name_no_machine_folder(tmp_path):
-    """papermill's recorded paths and absolute file names in warnings lose the repository root."""
-    from mlic.reproduce import REPO_ROOT, strip_machine_paths
+def test_executed_notebooks_name_no_machine_folder_and_no_clock_time(tmp_path):
+    """papermill's recorded paths and absolute file names in warnings lose the repository root;
+    the clock times of the notebook and its cells go, so executing again gives the same bytes."""
+    from mlic.reproduce import REPO_ROOT, normalize_executed
 
     root = REPO_ROOT.as_posix()
     warning = f"{root}/.venv/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: x\n"
@@ -158,20 +159,40 @@ def test_executed_notebooks_name_no_machine_folder(tmp_path):
             "papermill": {
                 "input_path": f"{root}/notebooks/train.ipynb",
                 "output_path": f"{root}/results/executed/train-x.ipynb",
+                "start_time": "2026-11-28T04:34:48.532653+00:00",
+                "end_time": "2026-11-28T04:35:24.572463+00:00",
+                "duration": 36.03981,
+                "version": "2.7.0",
             }
         },
         "cells": [
-            {"cell_type": "code", "outputs": [{"output_type": "stream", "text": [warning]}]},
+            {
+                "cell_type": "code",
+                "metadata": {
+                    "execution": {"iopub.execute_input": "2026-11-28T04:34:49.093357Z"},
+                    "papermill": {"duration": 0.01, "start_time": "x", "status": "completed"},
+                    "tags": ["parameters"],
+                },
+                "outputs": [{"output_type": "stream", "text": [warning]}],
+            },
             {"cell_type": "code", "outputs": [{"output_type": "stream", "text": "/elsewhere/a\n"}]},
         ],
     }
     path = tmp_path / "executed.ipynb"
     path.write_text(json.dumps(nb))
-    strip_machine_paths(path)
+    normalize_executed(path)
     text = path.read_text()
-    assert root not in text
+    assert root not in text and "2026-11-28" not in text
     out = json.loads(text)
-    assert out["metadata"]["papermill"]["input_path"] == "notebooks/train.ipynb"
+    assert out["metadata"]["papermill"] == {
+        "input_path": "notebooks/train.ipynb",
+        "output_path": "results/executed/train-x.ipynb",
+        "version": "2.7.0",
+    }
+    assert out["cells"][0]["metadata"] == {
+        "papermill": {"status": "completed"},
+        "tags": ["parameters"],
+    }
     assert out["cells"][0]["outputs"][0]["text"][0].startswith(".venv/lib/python3.11/")
     assert out["cells"][1]["outputs"][0]["text"] == ["/elsewhere/a\n"]  # not ours: unchanged
 
