@@ -69,8 +69,10 @@ def show_predictions(
     std: Sequence[float],
     thresholds: torch.Tensor | float | None = None,
     top: int = 3,
+    title: str = "",
 ) -> plt.Figure:
-    """Each image with its true labels and the model's answer.
+    """Each image with its true labels and the model's answer; `title` says whose answer (the
+    run and its weights), so a saved figure names the model it shows.
 
     With `thresholds` (per class [K], or one number) the answer is the predicted label set, as
     `mlic predict` gives it: true labels are marked found (+) or missed (-), predicted labels
@@ -98,10 +100,12 @@ def show_predictions(
     fig, axes = plt.subplots(
         1, n, figsize=(2.6 * n, 2.6 + text_height), squeeze=False, layout="constrained"
     )  # constrained: room for the longest title, none cut off
-    for ax, image, title in zip(axes[0], images, titles, strict=True):
+    for ax, image, text in zip(axes[0], images, titles, strict=True):
         ax.imshow(to_display(image, mean, std))
-        ax.set_title(title, fontsize=7, loc="left")
+        ax.set_title(text, fontsize=7, loc="left")
         ax.axis("off")
+    if title:  # below the images: the panels' titles above differ in height
+        fig.supxlabel(title, fontsize=8)
     return fig
 
 
@@ -129,25 +133,43 @@ def show_cross_attention(
     class_names: Sequence[str],
     mean: Sequence[float],
     std: Sequence[float],
+    title: str = "",
 ) -> plt.Figure:
-    """The decoder's cross-attention of chosen class queries ([K, h, w]), upsampled over the image."""
+    """The decoder's cross-attention of chosen class queries ([K, h, w]), upsampled over the image.
+
+    One colour scale for every map (0 to the largest weight shown), with its bar: a query's
+    weights over the h*w tokens sum to 1, so an even spread is 1/(h*w) everywhere."""
     shown = to_display(image, mean, std)
     size = shown.shape[:2]
+    heats = [
+        torch.nn.functional.interpolate(
+            attention[k][None, None].float(), size=size, mode="bilinear", align_corners=False
+        )[0, 0].numpy()
+        for k in class_indices
+    ]
+    vmax = max(float(h.max()) for h in heats)
     fig, axes = plt.subplots(
-        1, len(class_indices) + 1, figsize=(2.6 * (len(class_indices) + 1), 2.8)
+        1,
+        len(class_indices) + 1,
+        figsize=(2.6 * (len(class_indices) + 1) + 0.6, 2.9),
+        layout="constrained",
     )
     axes[0].imshow(shown)
     axes[0].set_title("image", fontsize=8)
-    for ax, k in zip(axes[1:], class_indices, strict=True):
-        heat = torch.nn.functional.interpolate(
-            attention[k][None, None].float(), size=size, mode="bilinear", align_corners=False
-        )[0, 0]
+    for ax, k, heat in zip(axes[1:], class_indices, heats, strict=True):
         ax.imshow(shown)
-        ax.imshow(heat.numpy(), cmap="magma", alpha=0.55)
+        mappable = ax.imshow(heat, cmap="magma", alpha=0.55, vmin=0.0, vmax=vmax)
         ax.set_title(f"query: {class_names[k]}", fontsize=8)
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
+    h, w = attention.shape[-2:]
+    bar = fig.colorbar(mappable, ax=list(axes[1:]), shrink=0.85)
+    bar.set_label(
+        f"attention weight of a token\n(even spread: 1/{h * w} = {1 / (h * w):.3f})", fontsize=7
+    )
+    bar.ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8)
     return fig
 
 
