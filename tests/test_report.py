@@ -1,4 +1,5 @@
-"""Tables and figures from fake run records: values, missing runs, seeds, bad records, bytes."""
+"""Tables and figures from fake run records (values, missing runs, seeds, bad records, bytes)
+and from the committed ones (rebuilt byte for byte; runs of another configuration listed apart)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 import pytest
+import yaml
 
 import mlic.report as report
 from mlic.config import load_config
 from mlic.errors import DataError
 from mlic.paper import TABLE1, TABLE4, VOC_CLASSES
-from mlic.plan import runs
-from mlic.report import build_report, build_tables
+from mlic.plan import pretext_run_for, runs
+from mlic.report import build_report, build_tables, update_readme
+from mlic.report.config_diff import flat
 
 OWN_CLASSES = ["circle", "square", "triangle"]
 LAST_GAP = 1.5
@@ -38,8 +41,13 @@ def fake_map(setting: str, seed: int | None) -> float:
 def write_run(
     runs_dir: Path, run, value: float, classes: list[str] = OWN_CLASSES, complete: bool = True
 ) -> Path:
-    """A run record in the engine's format (DESIGN.md), with a resolved config.yaml."""
-    cfg = load_config(run.preset, run.overrides)
+    """A run record in the engine's format, with the resolved config.yaml `mlic reproduce`
+    trains it with (an embedded run loads its pretext run's backbone)."""
+    overrides = dict(run.overrides)
+    if pretext_run_for(run):
+        weights = f"results/runs/{pretext_run_for(run)}/checkpoints/backbone.pt"
+        overrides["model.pretrained_file"] = weights
+    cfg = load_config(run.preset, overrides)
     d = runs_dir / run.name
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(cfg.to_yaml())
@@ -91,6 +99,11 @@ def make_runs(runs_dir: Path, family: str = "embedded", seeds: int = 1, **kwargs
         write_run(runs_dir, run, fake_map(run.setting, run.seed), **kwargs)
 
 
+def frames(runs_dir: Path, family: str) -> dict[str, pd.DataFrame]:
+    """The report's tables as numbers."""
+    return {name: t.frame for name, t in build_tables(runs_dir, family).items()}
+
+
 def row(df: pd.DataFrame, column: str, value: str) -> pd.Series:
     return df[df[column] == value].iloc[0]
 
@@ -105,7 +118,7 @@ def full(tmp_path) -> Path:
 
 
 def test_tables_hold_the_records_numbers_beside_the_papers(full):
-    tables = build_tables(full, "embedded")
+    tables = frames(full, "embedded")
     t1 = tables["table1"]
     ours = row(t1, "Method", next(r.label for r in TABLE1 if r.key == "ours"))
     assert ours["mAP, paper"] == 87.0
@@ -130,7 +143,8 @@ def test_tables_hold_the_records_numbers_beside_the_papers(full):
 
 
 def test_table4_has_the_other_batchformer_reading_beyond_the_paper(full):
-    t4 = build_tables(full, "embedded")["table4"]
+    table = build_tables(full, "embedded")["table4"]
+    t4 = table.frame
     assert len(t4) == len(TABLE4) + 1
     extra = t4.iloc[-1]
     assert extra["Backbone"] == "ResNeSt" and "beyond the paper" in extra["Head"]
@@ -140,7 +154,7 @@ def test_table4_has_the_other_batchformer_reading_beyond_the_paper(full):
     assert extra["Gain over ResNet + Transformer (this replication)"] == pytest.approx(
         fake_map("coco448-resnest-dual-shared", None) - fake_map("coco448-resnet-transformer", None)
     )
-    md = report._block(t4)
+    md = report.markdown_block(table)
     line = next(x for x in md.splitlines() if "beyond the paper" in x and x.startswith("|"))
     assert line.split("|")[3].strip() == ""  # no paper number for it
 
@@ -170,7 +184,7 @@ def test_a_record_without_best_and_last_is_missing_with_its_reason(full, tmp_pat
 
 
 def test_table3_blocks_for_the_embedded_dataset(full):
-    tables = build_tables(full, "embedded")
+    tables = frames(full, "embedded")
     paper_block, own = tables["table3"], tables["table3_classes"]
     assert list(paper_block["Class"]) == [*VOC_CLASSES, "mAP"]
     # the generated classes are not VOC's: only the mAP row compares
@@ -189,25 +203,27 @@ def test_table3_blocks_for_the_embedded_dataset(full):
 def test_table3_fills_voc_classes_for_the_paper_family(tmp_path):
     devkit = list(VOC_CLASSES.values())
     make_runs(tmp_path / "runs", family="paper", classes=devkit)
-    t3 = build_tables(tmp_path / "runs", "paper")["table3"]
+    table = build_tables(tmp_path / "runs", "paper")["table3"]
+    t3 = table.frame
     value = fake_map("voc448-resnest-dual", None)
     bike = row(t3, "Class", "bike")  # devkit "bicycle", second class: AP = value + 0
     assert bike[f"Ours, {BEST}"] == value
     assert bike["Ours, difference"] == pytest.approx(value - 99.1)
     assert t3[f"Ours, {BEST}"].notna().all()
-    caption = t3.attrs["caption"]
+    caption = table.caption
     assert "VOC 2007" in caption and "generated" not in caption and "resnest101e" in caption
 
 
 def test_seeds_give_mean_std_and_n(tmp_path):
     make_runs(tmp_path / "runs", seeds=3)
-    t1 = build_tables(tmp_path / "runs", "embedded")["table1"]
+    table = build_tables(tmp_path / "runs", "embedded")["table1"]
+    t1 = table.frame
     ours = row(t1, "Method", next(r.label for r in TABLE1 if r.key == "ours"))
     values = [fake_map("coco448-resnest-dual", k) for k in range(3)]
     assert ours["n"] == 3
     assert ours[f"mAP, {BEST}"] == pytest.approx(statistics.mean(values))
     assert ours["std"] == pytest.approx(statistics.stdev(values))
-    md = report._block(t1)
+    md = report.markdown_block(table)
     assert f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n=3)" in md
 
 
@@ -298,16 +314,22 @@ def test_missing_ours_gives_placeholder_figures(full, tmp_path):
 
 
 def test_records_of_another_family_are_not_used(full):
-    # An embedded record under a name of the plan is not the paper family's run.
+    # An embedded record under a name of the plan is not the paper family's run: it is missing
+    # there, and listed with how it differs.
     collected = report.collect(full, "paper")
     assert all(not records for records in collected.records.values())
-    assert "the paper plan has 448" in collected.missing["coco448-resnest-dual"]
+    assert "not the paper plan's configuration" in collected.missing["coco448-resnest-dual"]
+    diffs = {d.key: d for d in collected.other["coco448-resnest-dual"].differences}
+    assert (diffs["data.image_size"].recorded, diffs["data.image_size"].planned) == (56, 448)
+    assert diffs["model.backbone"].planned == "resnest101e"
     # The paper's configuration trained on the embedded dataset is not the paper's run either.
     run = next(r for r in runs("paper") if r.name == "coco448-resnet-gap")
     shutil.rmtree(full / run.name)
     write_run(full, dataclasses.replace(run, overrides={**run.overrides, "data.root": ""}), 1.0)
-    reason = report.collect(full, "paper").missing["coco448-resnet-gap"]
-    assert "embedded dataset" in reason
+    other = report.collect(full, "paper").other["coco448-resnet-gap"]
+    assert [str(d) for d in other.differences] == [
+        "data.root: '' (plan: a data folder (--data-root))"
+    ]
 
 
 def test_duplicate_seed_is_skipped(full):
@@ -364,16 +386,26 @@ def test_empty_runs_dir_gives_empty_cells(tmp_path):
 
 
 def test_the_report_never_imports_the_engine():
-    tree = ast.parse(Path(report.__file__).read_text())
-    imported = {
-        node.module if isinstance(node, ast.ImportFrom) else alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import | ast.ImportFrom)
-        for alias in node.names
-    }
-    assert {m for m in imported if m and m.startswith("mlic")} <= {
-        "mlic",
+    package = Path(report.__file__).parent
+    graph: dict[str, set[str]] = {}
+    outside: set[str] = set()
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        module = f"mlic.report.{path.stem}" if path.stem != "__init__" else "mlic.report"
+        graph[module] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module.startswith("mlic.report."):
+                graph[module].add(node.module)
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{module} imports private {private} from {node.module}"
+            elif isinstance(node, ast.ImportFrom) and node.module.startswith("mlic"):
+                outside.add(node.module)
+            elif isinstance(node, ast.Import):
+                outside.update(a.name for a in node.names if a.name.startswith("mlic"))
+    assert outside <= {
+        "mlic",  # paper, pretext (torch only inside a function that writes weights)
         "mlic.attention",  # the walkthrough's summary file name (torch only inside functions)
+        "mlic.config",  # the plan's configuration, to compare records with (no torch)
         "mlic.effects",  # the paired CI (scipy, no torch)
         "mlic.convergence",  # pure Python over history rows
         "mlic.errors",
@@ -382,19 +414,167 @@ def test_the_report_never_imports_the_engine():
         "mlic.runrecord",  # the one metrics.json reader; no torch (checked below)
         "mlic.safeload",  # bounded reading of files (no torch)
     }
+    done: set[str] = set()  # no import cycle inside the package: a topological order exists
+    while len(done) < len(graph):
+        ready = {m for m, deps in graph.items() if m not in done and deps <= done}
+        assert ready, f"import cycle among {sorted(set(graph) - done)}"
+        done |= ready
     code = "import sys, mlic.report; print(sorted({'torch', 'mlic.engine'} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=120)  # fmt: skip
     assert proc.stdout.strip() == "[]"
 
 
-def test_captions_say_where_the_backbone_weights_came_from(full):
-    caption = build_tables(full, "embedded")["table1"].attrs["caption"]
-    assert "(from scratch)" in caption
-    for config in full.glob("*/config.yaml"):  # as `mlic reproduce` makes them now
-        text = config.read_text().replace(
-            "pretrained_file: ''", "pretrained_file: results/runs/pretext-resnet/checkpoints/b.pt"
-        )
-        config.write_text(text)
-    caption = build_tables(full, "embedded")["table1"].attrs["caption"]
+def test_captions_say_where_the_backbone_weights_came_from(full, tmp_path):
+    caption = build_tables(full, "embedded")["table1"].caption
     assert "(pretrained on the embedded pretext tree)" in caption and "scratch" not in caption
+    make_runs(tmp_path / "paper", family="paper")
+    caption = build_tables(tmp_path / "paper", "paper")["table1"].caption
+    assert "(ImageNet weights)" in caption
+
+
+# --------------------------------------------------------------------------- committed records
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "results"
+# Files under results/ that `mlic reproduce` writes beside the report (the walkthrough's): the
+# README block shows them, the report does not write them.
+NOT_THE_REPORTS = ("tables/attention_on_objects.json", "figures/walkthrough_*.png")
+
+
+def committed_runs(tmp_path: Path) -> Path:
+    """A copy of the committed run records (without checkpoints), as `<tmp>/results/runs`."""
+    runs_dir = tmp_path / "results" / "runs"
+    shutil.copytree(COMMITTED / "runs", runs_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    return runs_dir
+
+
+def copy_record(runs_dir: Path, source: str, name: str, change) -> Path:
+    """A copy of a record under another name, its config.yaml edited by `change(config)`."""
+    shutil.copytree(runs_dir / source, runs_dir / name)
+    path = runs_dir / name / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    change(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return runs_dir / name
+
+
+def test_the_committed_results_are_rebuilt_byte_for_byte(tmp_path):
+    runs_dir = committed_runs(tmp_path)
+    results = runs_dir.parent
+    for pattern in NOT_THE_REPORTS:
+        for path in COMMITTED.glob(pattern):
+            target = results / path.relative_to(COMMITTED)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    readme = tmp_path / "README.md"
+    shutil.copyfile(ROOT / "README.md", readme)
+    out = build_report(runs_dir, results, "embedded")
+    update_readme(readme, results)
+    assert out["missing"] == {} and out["other"] == {}
+    for folder in ("tables", "figures"):
+        want = sorted(p.relative_to(COMMITTED) for p in (COMMITTED / folder).iterdir())
+        got = sorted(p.relative_to(results) for p in (results / folder).iterdir())
+        assert got == want
+        for rel in want:
+            assert (results / rel).read_bytes() == (COMMITTED / rel).read_bytes(), rel
+    assert readme.read_bytes() == (ROOT / "README.md").read_bytes()
+
+
+def test_a_run_of_another_configuration_is_listed_not_averaged(tmp_path):
+    runs_dir = committed_runs(tmp_path)
+    before = build_tables(runs_dir, "embedded")["table1"].frame
+
+    def one_epoch(c):
+        c["train"].update(epochs=1, seed=3)
+
+    def from_scratch(c):
+        del c["model"]["pretrained_file"]
+        c["train"]["seed"] = 4
+
+    copy_record(runs_dir, "coco448-resnest-dual", "coco448-resnest-dual-seed3", one_epoch)
+    copy_record(runs_dir, "coco448-resnest-dual", "coco448-resnest-dual-seed4", from_scratch)
+    out_dir = tmp_path / "out"
+    out = build_report(runs_dir, out_dir, "embedded")
+    pd.testing.assert_frame_equal(build_tables(runs_dir, "embedded")["table1"].frame, before)
+    csv = (out_dir / "tables" / "table1.csv").read_bytes()
+    assert csv == (COMMITTED / "tables" / "table1.csv").read_bytes()
+    assert "not the embedded plan's configuration" in out["missing"]["coco448-resnest-dual-seed3"]
+    assert (
+        "coco448-resnest-dual-seed4 (not the embedded plan's"
+        in (out_dir / "tables" / "table1.md").read_text()
+    )
+
+    other = pd.read_csv(out_dir / "tables" / "other_runs.csv")
+    assert list(other["Run"]) == ["coco448-resnest-dual-seed3", "coco448-resnest-dual-seed4"]
+    assert list(other["Setting"]) == ["coco448-resnest-dual"] * 2 and list(other["Seed"]) == [3, 4]
+    differs = dict(zip(other["Run"], other["Differs from the plan in"], strict=True))
+    assert differs["coco448-resnest-dual-seed3"] == "train.epochs: 1 (plan: 4)"
+    assert differs["coco448-resnest-dual-seed4"] == (
+        "model.pretrained_file: '' (plan: '<results>/runs/pretext-resnest/checkpoints/backbone.pt')"
+    )
+    recorded = json.loads((runs_dir / "coco448-resnest-dual" / "metrics.json").read_text())["map"]
+    assert other[f"mAP, {BEST}"].tolist() == [round(recorded, 2)] * 2
+    md = (out_dir / "tables" / "other_runs.md").read_text()
+    assert "train.epochs: 1 (plan: 4)" in md and "train.seed" in md  # the ignore list is stated
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.README_BEGIN}\n{report.README_END}\n")
+    update_readme(readme, out_dir)
+    assert md.strip() in readme.read_text()
+
+    # Once the runs are gone, so is their table (and the README's copy of it).
+    for name in ("coco448-resnest-dual-seed3", "coco448-resnest-dual-seed4"):
+        shutil.rmtree(runs_dir / name)
+    out = build_report(runs_dir, out_dir, "embedded")
+    assert out["other"] == {} and not list((out_dir / "tables").glob("other_runs.*"))
+    update_readme(readme, out_dir)
+    assert "Other runs." not in readme.read_text()
+
+
+def test_a_seed_may_differ_only_in_the_ignored_keys(tmp_path):
+    runs_dir = committed_runs(tmp_path)
+    ours = next(r.label for r in TABLE1 if r.key == "ours")
+    n = row(frames(runs_dir, "embedded")["table1"], "Method", ours)["n"]
+
+    def operational(c):
+        c["name"] = "renamed by hand"
+        c["description"] = "another text"
+        c["data"].update(num_workers=3, cache_images=False)
+        c["model"]["pretrained_file"] = "/elsewhere/runs/pretext-resnest/checkpoints/backbone.pt"
+        c["train"].update(
+            seed=7, device="cpu", num_threads=1, compile=False, compile_mode="max-autotune",
+            channels_last=True, activation_checkpointing="backbone", log_iteration_loss=True,
+            save_best=False,
+        )  # fmt: skip
+
+    copy_record(runs_dir, "coco448-resnest-dual", "coco448-resnest-dual-seed7", operational)
+    collected = report.collect(runs_dir, "embedded")
+    assert collected.other == {}
+    assert row(frames(runs_dir, "embedded")["table1"], "Method", ours)["n"] == n + 1
+    # Each of those keys is one the configuration has (a renamed key would stop being ignored).
+    assert set(flat(load_config("embedded"))) >= report.IGNORED
+
+
+def test_a_tagged_run_is_listed_against_its_setting(tmp_path):
+    runs_dir = committed_runs(tmp_path)
+
+    def lr(c):
+        c["train"]["lr"] = 0.004
+
+    copy_record(runs_dir, "coco448-resnest-dual-shared", "coco448-resnest-dual-shared-lr", lr)
+    copy_record(runs_dir, "coco448-resnet-gap", "coco448-resnet-gap-again", lambda c: None)
+    copy_record(runs_dir, "voc448-resnet-gap", "voc448-resnet-gap-old", lambda c: c.update(x=1))
+    collected = report.collect(runs_dir, "embedded")
+    assert sorted(collected.missing) == []  # a tagged run is not a planned run
+    other = collected.other
+    assert other["coco448-resnest-dual-shared-lr"].setting == "coco448-resnest-dual-shared"
+    assert [str(d) for d in other["coco448-resnest-dual-shared-lr"].differences] == [
+        "train.lr: 0.004 (plan: 0.002)"
+    ]
+    assert other["coco448-resnet-gap-again"].differences == ()
+    (refused,) = other["voc448-resnet-gap-old"].differences
+    assert refused.key == "config.yaml" and "unknown key 'x'" in refused.recorded
+    t = build_tables(runs_dir, "embedded")["other_runs"]
+    again = row(t.frame, "Run", "coco448-resnet-gap-again")
+    assert again["Differs from the plan in"].startswith("none: the plan's configuration")
+    assert again["Difference from the setting's runs"] == pytest.approx(0.0)

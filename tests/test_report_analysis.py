@@ -80,7 +80,8 @@ def effect_row(t4b: pd.DataFrame, label_start: str) -> pd.Series:
 
 def test_table4b_paired_differences_and_intervals_over_three_seeds(tmp_path):
     make_table4_runs(tmp_path / "runs", seeds=3)
-    t4b = build_tables(tmp_path / "runs", "embedded")["table4b"]
+    table = build_tables(tmp_path / "runs", "embedded")["table4b"]
+    t4b = table.frame
     planned = {s.name for s in SETTINGS}
     want = [e[0] for e in EFFECTS if e[1] in planned and e[2] in planned]
     assert list(t4b["Effect"]) == want and len(want) >= 3  # the shared row once it is planned
@@ -102,7 +103,7 @@ def test_table4b_paired_differences_and_intervals_over_three_seeds(tmp_path):
     assert backbone["Difference, paper"] == pytest.approx(86.46 - 85.41)
     assert effect_row(t4b, "dual-branch vs plain")["Verdict"] == "not resolved (CI includes 0)"
 
-    md = report._block(t4b)
+    md = report.markdown_block(table)
     low, high = backbone["95% CI, low"], backbone["95% CI, high"]
     assert f"[{low:+.2f}, {high:+.2f}]" in md and "Student's t" in md
     paragraphs = md.split("\n\n")
@@ -117,7 +118,7 @@ def test_table4b_paired_differences_and_intervals_over_three_seeds(tmp_path):
 
 def test_table4b_says_so_with_one_seed_instead_of_an_interval(tmp_path):
     make_table4_runs(tmp_path / "runs", seeds=1)
-    t4b = build_tables(tmp_path / "runs", "embedded")["table4b"]
+    t4b = build_tables(tmp_path / "runs", "embedded")["table4b"].frame
     assert (t4b["Paired seeds"] == 1).all()
     assert t4b["95% CI, low"].isna().all() and (t4b["95% CI"] == "").all()
     assert t4b["Verdict"].str.startswith("no CI: 1 paired seed").all()
@@ -131,11 +132,11 @@ def test_table4b_leaves_out_seeds_without_a_partner(tmp_path):
     dirs = make_table4_runs(tmp_path / "runs", seeds=3)
     gone = next(d for d in dirs if d.name == "coco448-resnet-transformer-seed2")
     (gone / "metrics.json").unlink()
-    t4b = build_tables(tmp_path / "runs", "embedded")["table4b"]
-    row = effect_row(t4b, "ResNeSt vs ResNet")
+    table = build_tables(tmp_path / "runs", "embedded")["table4b"]
+    row = effect_row(table.frame, "ResNeSt vs ResNet")
     assert row["Paired seeds"] == 2 and row["Seeds"] == "0, 1"
-    assert "Seeds without a partner, left out: ResNeSt vs ResNet" in report._block(t4b)
-    assert "Missing runs: coco448-resnet-transformer-seed2" in report._block(t4b)
+    assert "Seeds without a partner, left out: ResNeSt vs ResNet" in report.markdown_block(table)
+    assert "Missing runs: coco448-resnet-transformer-seed2" in report.markdown_block(table)
 
 
 # --------------------------------------------------------------------------- Table 5
@@ -143,7 +144,8 @@ def test_table4b_leaves_out_seeds_without_a_partner(tmp_path):
 
 def test_table5_means_over_seeds_and_states_the_rule_and_counts(tmp_path):
     make_table4_runs(tmp_path / "runs", seeds=3, sizes=True)
-    t5 = build_tables(tmp_path / "runs", "embedded")["table5"]
+    table = build_tables(tmp_path / "runs", "embedded")["table5"]
+    t5 = table.frame
     settings = [s.name for s in SETTINGS if any(f.table == "table4" for f in s.feeds)]
     assert list(t5["Setting"]) == settings
     row = t5[t5["Setting"] == "coco448-resnest-dual"].iloc[0]
@@ -154,7 +156,7 @@ def test_table5_means_over_seeds_and_states_the_rule_and_counts(tmp_path):
     assert row["mAP, all sizes"] == pytest.approx(np.mean(maps))
     assert math.isnan(row["mAP, small"]) and row["small, n"] == 0
     assert row["Note"] == "no positives in the small bucket"
-    md = report._block(t5)
+    md = report.markdown_block(table)
     assert "small < 32² px, medium < 96² px" in md and "640×480" in md and "0.33 %" in md
     assert "small 0 (0), medium 300 (3), large 500 (3)" in md
     assert f"{np.mean(maps) + 4:.2f} ± {np.std(maps, ddof=1):.2f} (n=3)" in md
@@ -167,7 +169,7 @@ def test_table5_second_block_pairs_the_effects_within_each_bucket(tmp_path):
     metrics = json.loads((gone / "metrics.json").read_text())
     del metrics["map_by_size"]
     (gone / "metrics.json").write_text(json.dumps(metrics))
-    effects = build_tables(tmp_path / "runs", "embedded")["table5_effects"]
+    effects = build_tables(tmp_path / "runs", "embedded")["table5_effects"].frame
     row = effects[effects["Effect"].str.startswith("ResNeSt vs ResNet")]
     large = row[row["Bucket"] == "large"].iloc[0]
     x = np.array([value("coco448-resnest-transformer", s) + 4 for s in (1, 2)])
@@ -204,8 +206,10 @@ def test_table5_without_map_by_size_is_an_empty_cell_with_the_reason(tmp_path):
 
 
 def test_table5_with_no_record_at_all_builds(tmp_path):
-    t5 = build_tables(tmp_path, "embedded")["table5"]
-    assert t5["mAP, medium"].isna().all() and "Missing runs" in report._block(t5)
+    table = build_tables(tmp_path, "embedded")["table5"]
+    assert table.frame["mAP, medium"].isna().all() and "Missing runs" in report.markdown_block(
+        table
+    )
 
 
 def test_a_malformed_map_by_size_is_a_one_line_error_naming_the_file(tmp_path):
