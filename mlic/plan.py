@@ -141,6 +141,16 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+# The embedded runs whose best checkpoint is committed (a few MB each), so a fresh clone can
+# predict, evaluate, calibrate and export them: the walkthrough's and the README's run and the
+# seeds of Table 1's headline row ("Ours"). .gitignore lets exactly these best.pt files in.
+SHIPPED_WEIGHTS: tuple[str, ...] = (
+    "coco448-resnest-dual",
+    "coco448-resnest-dual-seed1",
+    "coco448-resnest-dual-seed2",
+)
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     """One run to make: `load_config(preset, overrides)` gives its configuration."""
