@@ -75,6 +75,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--max-images", type=int, default=0, help="only the first N images")
     s.set_defaults(func=_cmd_data_to_csv)
+    _add_download_parsers(data_sub)
+    s = data_sub.add_parser(
+        "check",
+        help="before training: what a run needs and what is missing (annotations, images, "
+        "backbone weights, GPU memory, epoch time); builds no model",
+        description="One screen of what a run needs and what is missing; exit status 1 if "
+        "anything is. --preset paper checks every run of `mlic reproduce --preset paper "
+        "--data-root DIR` (DIR holding coco/ and voc/VOC2007/).",
+    )
+    _add_config_args(s)
+    s.set_defaults(preset="paper-coco-448")
+    s.add_argument(
+        "--verify", action="store_true", help="decode every image (default: a sample per split)"
+    )
+    s.add_argument("--gpus", type=int, default=1, help="GPUs the run will use (torchrun processes)")
+    s.set_defaults(func=_cmd_data_check)
 
     s = sub.add_parser("train", help="train one configuration and write its run record")
     _add_config_args(s)
@@ -167,6 +183,39 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--readme", help="also write the tables and figures into this README")
     s.set_defaults(func=_cmd_report)
     return p
+
+
+def _add_download_parsers(data_sub) -> None:
+    """`mlic data coco|voc`: the paper's datasets, fetched and laid out as the presets read them."""
+    what = {
+        "coco": ("COCO 2014 (train2014, val2014, annotations; 19 GiB)", "ROOT/{annotations,"
+                 "train2014,val2014}: the folder paper-coco-* presets take as --data-root"),
+        "voc": ("PASCAL VOC 2007 (trainval, test; 0.9 GiB)", "ROOT/VOC2007: the folder "
+                "paper-voc-448 takes as --data-root"),
+    }  # fmt: skip
+    for name, (title, layout) in what.items():
+        s = data_sub.add_parser(
+            name,
+            help=f"download, verify and unpack {title}",
+            description=f"Lays out {layout}. Without --download only archives already in the "
+            "archive folder are verified and unpacked; a rerun skips what is complete.",
+        )
+        s.add_argument("--root", required=True, help="the dataset folder (e.g. /data/" + (
+            "coco)" if name == "coco" else "voc)"))  # fmt: skip
+        s.add_argument("--download", action="store_true", help="fetch missing archives (resumable)")
+        s.add_argument("--archives", metavar="DIR", help="archive folder (default: ROOT/archives)")
+        s.add_argument(
+            "--keep-archives",
+            action="store_true",
+            help="keep each archive after unpacking (default: remove it)",
+        )
+        s.add_argument(
+            "--mirror",
+            metavar="URL",
+            help="fetch each archive from URL/<archive name> (a copy of the official files: "
+            "the same checksums are checked)",
+        )
+        s.set_defaults(func=_cmd_data_download, dataset=name)
 
 
 def _add_config_args(s: argparse.ArgumentParser) -> None:
@@ -286,6 +335,46 @@ def _cmd_data_to_csv(args) -> None:
     index = read_split(args.dataset, Path(args.root), args.split).head(args.max_images)
     path = write_csv_split(index, Path(args.out))
     print(f"{path}: {index.num_images} images, {index.num_classes} classes")
+
+
+def _cmd_data_download(args) -> int:
+    from mlic.data.download import prepare
+
+    root = Path(args.root)
+    missing = prepare(
+        args.dataset,
+        root,
+        download=args.download,
+        archive_dir=args.archives,
+        keep_archives=args.keep_archives,
+        mirror=args.mirror,
+    )
+    if missing:
+        print(f"{len(missing)} archive(s) missing: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    preset = "paper-coco-448" if args.dataset == "coco" else "paper-voc-448"
+    print(
+        f"{args.dataset} ready in {root}; next: mlic data check --preset {preset} "
+        f"--data-root {root}"
+    )
+    return 0
+
+
+def _cmd_data_check(args) -> int:
+    from mlic import preflight
+
+    if args.gpus < 1:
+        raise MlicError(f"--gpus {args.gpus}: at least 1")
+    if args.preset == "paper" and not args.config:  # the plan of `mlic reproduce --preset paper`
+        configs = preflight.plan_configs("paper", args.data_root, args.overrides)
+        title = f"mlic data check: the paper plan ({len(configs)} runs) on {args.data_root}"
+    else:
+        cfg = _config(args)
+        configs = [(cfg.name, cfg)]
+        title = f"mlic data check: {preflight.describe(cfg)}"
+    findings = preflight.check_configs(configs, verify=args.verify, gpus=args.gpus)
+    print(preflight.render(title, findings))
+    return 1 if any(f.status == "FAIL" for f in findings) else 0
 
 
 def _cmd_predict(args) -> None:
