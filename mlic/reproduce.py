@@ -154,6 +154,8 @@ def normalize_executed(executed: Path) -> None:
     for cell in nb.get("cells", []):
         cell_meta = cell.get("metadata", {})
         cell_meta.pop("execution", None)
+        if "injected-parameters" in cell_meta.get("tags", []):  # papermill gives it a random id
+            cell["id"] = "injected-parameters"
         for key in _CLOCK_KEYS:
             cell_meta.get("papermill", {}).pop(key, None)
         for out in cell.get("outputs", []):

@@ -175,6 +175,12 @@ def test_executed_notebooks_name_no_machine_folder_and_no_clock_time(tmp_path):
                 },
                 "outputs": [{"output_type": "stream", "text": [warning]}],
             },
+            {
+                "cell_type": "code",
+                "id": "3e598ced",
+                "metadata": {"tags": ["injected-parameters"]},
+                "outputs": [],
+            },
             {"cell_type": "code", "outputs": [{"output_type": "stream", "text": "/elsewhere/a\n"}]},
         ],
     }
@@ -194,7 +200,8 @@ def test_executed_notebooks_name_no_machine_folder_and_no_clock_time(tmp_path):
         "tags": ["parameters"],
     }
     assert out["cells"][0]["outputs"][0]["text"][0].startswith(".venv/lib/python3.11/")
-    assert out["cells"][1]["outputs"][0]["text"] == ["/elsewhere/a\n"]  # not ours: unchanged
+    assert out["cells"][1]["id"] == "injected-parameters"  # papermill's id is random
+    assert out["cells"][2]["outputs"][0]["text"] == ["/elsewhere/a\n"]  # not ours: unchanged
 
 
 def test_an_interrupted_run_of_the_same_configuration_is_kept_for_the_notebook_to_resume(
