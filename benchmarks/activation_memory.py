@@ -1,4 +1,4 @@
-"""How much activation checkpointing saves, counted without running the model (issue 13).
+"""How much activation checkpointing saves, counted without running the model.
 
 Builds a preset's model on the meta device (no memory, no compute) in bf16 and counts the
 bytes of the tensors autograd keeps for the backward pass of one training forward, with and

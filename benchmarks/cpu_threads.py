@@ -1,4 +1,4 @@
-"""Training images/s on the CPU for several thread policies, idle and beside a CPU load (issue 11).
+"""Training images/s on the CPU for several thread policies, idle and beside a CPU load.
 
 Each measurement is a fresh process (libgomp reads its environment only when torch loads) that
 builds a preset's model, trains `--warmup` steps on one fixed random batch, then times `--steps`

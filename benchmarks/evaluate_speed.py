@@ -1,6 +1,6 @@
 """Images/s of evaluation: the paper's model in eval mode, no grad, autocast as the engine does.
 
-What `mlic evaluate` spends on the network (issue 6): `mlic.engine.predict`'s loop body - the
+What `mlic evaluate` spends on the network: `mlic.engine.predict`'s loop body - the
 model under the engine's autocast, then sigmoid and the copy of the scores to the host - on a
 fixed synthetic batch already on the device, at each image size asked for:
 

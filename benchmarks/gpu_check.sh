@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of issue 13: the compiled training step (batch 64 and 128, with and
+# The one prepared GPU check: the compiled training step (batch 64 and 128, with and
 # without activation checkpointing), the 24 GB / 8 GB presets under a capped allocator, a profile
 # of one compiled step, compiled evaluation at 448 and 576 px, and a `mlic train` smoke run on
 # the engine's CUDA defaults; every table lands in $OUT as it is measured.
 #
-# Run it from a session that is lent a device machine (device tool), from the repository root:
+# Run it on a machine with one CUDA GPU, from the repository root:
 #
 #   1. Here, once (wheels for the device's Python 3.12, 3.2 MB; pycocotools is a C extension;
 #      .gitignore ignores .whl/):
 #        .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #          --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #          --platform manylinux2014_x86_64 -d .whl pycocotools==2.0.11 defusedxml==0.7.1 timm==1.0.31
-#   2. run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
-#      then give_back. The reply's 8 files: train_memory.{md,csv}, train_step.{md,csv},
+#   2. copy the working tree (with .whl/) to the GPU machine and run `OUT=DIR bash
+#      benchmarks/gpu_check.sh` there. It writes 8 files to $OUT: train_memory.{md,csv}, train_step.{md,csv},
 #      profile.md, evaluate_speed.{md,csv} and gpu_check.log (everything printed, with the EMA
 #      timings and the smoke run's history.csv and metrics.json).
 #
@@ -36,7 +36,7 @@
 # smoke, which reads the embedded dataset's COCO annotations, then needs pycocotools and is
 # skipped without it.
 #
-# Outside the device tool, OUT defaults to results/gpu_check. `DRY_RUN=1 PYTHON=.venv/bin/python
+# Without OUT set, it writes to results/gpu_check. `DRY_RUN=1 PYTHON=.venv/bin/python
 # bash benchmarks/gpu_check.sh` checks the script itself on a CPU in about a minute (tiny model,
 # eager, no GPU); tests/test_benchmarks.py does so on every CI run. SCRATCH (default /tmp) holds
 # the smoke run; EMBEDDED_ROOT (default $SCRATCH/mlic-embedded) the dataset it trains on.
@@ -145,7 +145,7 @@ if [ "$smoke" -eq 1 ]; then
     step train_smoke 75 "$PY" -m mlic train --preset embedded --set train.epochs=1 \
         data.embedded_root="$EMBEDDED_ROOT" train.accumulation_steps=2 \
         train.activation_checkpointing=all "${smoke_set[@]}" --run-dir "$SCRATCH/mlic-smoke"
-    # Into the log (the device tool brings back 8 files, the tables take them).
+    # Into the log (8 files in all: the tables take the other seven).
     echo "=== train_smoke: history.csv and metrics.json"
     cat "$SCRATCH/mlic-smoke/history.csv" "$SCRATCH/mlic-smoke/metrics.json" 2>/dev/null
 else

@@ -1,4 +1,4 @@
-"""Where the time of one training step goes (issue 13), written as profile.md.
+"""Where the time of one training step goes, written as profile.md.
 
 Three views, each chosen for what it can attribute reliably:
 

@@ -1,4 +1,4 @@
-"""Images/s of the training step, against a Query2Label-style loop and the GPU's peak (issue 6).
+"""Images/s of the training step, against a Query2Label-style loop and the GPU's peak.
 
 Builds a preset's model (default `paper-coco-448`, random weights), feeds ONE fixed synthetic
 batch that already sits on the device (images in [0, 1], multi-hot targets with ~3 positives

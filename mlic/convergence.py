@@ -1,4 +1,4 @@
-"""Has a run converged? The mAP its last quarter of epochs added (issue 11's criterion).
+"""Has a run converged? The mAP its last quarter of epochs added.
 
 A run counts as converged when, over the last quarter of its epochs, the best-so-far mAP
 (best of the model and its EMA, as the run reports) rises by less than `THRESHOLD` points:

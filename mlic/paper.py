@@ -1,10 +1,10 @@
 """The paper's reported numbers (Wang & Zhang 2024, Tables 1-4 and the claims of its text), as data.
 
-Typed in from `../shared/paper/wang-zhang-2024.md` (its tables are plain text). Every number
+Typed in from the paper's text (its tables are plain text in the extraction). Every number
 keeps the text as printed (so 87.0 stays 87.0, with its one decimal) and where it comes from.
 Nothing else in the project types a paper number: the report, the notebooks and the README
 read them from here. `tests/test_paper.py` checks them against the paper's text and against
-each other (DESIGN.md, "Reading the paper's tables").
+each other.
 
 Known problems of the paper's tables, kept as printed and noted where shown:
 - Table 4's text extraction lost the ResNeSt check mark of column 2; §2.3's "+1.05" (ResNeSt

@@ -1,7 +1,7 @@
 """`mlic reproduce`: run the training notebook once per configuration of the plan (papermill),
 then build the tables and figures from the run records.
 
-papermill fails quietly in three ways (CONVENTIONS.md); each is guarded here: unknown
+papermill fails quietly in three ways; each is guarded here: unknown
 parameter names are refused, parameters are passed as built-in types only, and a notebook
 without exactly one `parameters` cell is refused before anything runs.
 """

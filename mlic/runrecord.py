@@ -1,4 +1,4 @@
-"""The run record: the contract between training and the report (DESIGN.md, "A run record").
+"""The run record: the contract between training and the report (README, "Layout").
 
 `<run_dir>/config.yaml`, `history.csv`, `iterations.csv` (optional), `metrics.json` and
 `checkpoints/{last,best}.pt`. Every file is written atomically (temp file + rename), so a

@@ -1,4 +1,4 @@
-"""Smoke tests of the throughput benchmarks (issue 6), at a tiny CPU size; no timing is asserted.
+"""Smoke tests of the throughput benchmarks at a tiny CPU size; no timing is asserted.
 
 The FLOP counter they report TFLOP/s with is checked against hand-computed counts, and its
 meta-device shortcut against a count on real tensors.
@@ -145,7 +145,7 @@ def test_the_loss_must_fall_over_a_full_length_run(train_step, capsys, lr, code)
 
 
 def test_gpu_check_script_runs_through_on_the_cpu(tmp_path, tiny_embedded_root):
-    """The one prepared GPU script (issue 6) is run in its dry-run form, so that a session lent
+    """The one prepared GPU script is run in its dry-run form, so that a session lent
     a GPU for 15 minutes does not spend them on a broken script."""
     out = tmp_path / "out"
     env = {

@@ -1,4 +1,4 @@
-"""The GPU path's options, checked on the CPU (issue 13): activation checkpointing, gradient
+"""The GPU path's options, checked on the CPU: activation checkpointing, gradient
 accumulation, the CUDA defaults (resolved for a 'cuda' device that is never run on), and the
 fall-back to eager when torch.compile fails."""
 

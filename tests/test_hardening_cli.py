@@ -1,4 +1,4 @@
-"""Hostile and faulty input through the real command line (issue 14), one test per class:
+"""Hostile and faulty input through the real command line, one test per class:
 
 1. values of the wrong type or range (configuration, YAML, COCO JSON, checkpoints, a run
    directory's files, faults while writing);

@@ -5,7 +5,7 @@ Conventions of Q2L/ASL, except where noted:
 - category ids sorted ascending -> class indices 0..K-1 (COCO's ids are non-contiguous);
 - `iscrowd` annotations count as labels;
 - images without annotations are KEPT with all-zero targets and counted (ASL/Q2L iterate
-  `coco.imgToAnns` and so silently drop them; DESIGN.md asks us to keep them);
+  `coco.imgToAnns` and so silently drop them; they are part of val2014 as published);
 - images in ascending id order, so "the first N images" is deterministic.
 """
 

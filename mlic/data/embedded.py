@@ -66,9 +66,9 @@ __all__ = [  # the class design is re-exported from synth
 ]
 
 # Bump whenever the bytes or the default sizes change: the marker then forces regeneration.
-# 2: 5,000 training images by default (was 2,500; issue 11); image i is the same as before.
+# 2: 5,000 training images by default (was 2,500); image i is the same as before.
 # 3: objects drawn from 0.2 % of the image (was 0.5 %), so that COCO's scaled "small" bucket
-#    holds about 6 % of the positives (issue 11, AP by object size); 6,000 training images.
+#    holds about 6 % of the positives (AP by object size); 6,000 training images.
 # 4: a pretext tree (`pretext/`, one object per image) for pretraining the backbones; 3,500
 #    training images (the first 3,500 of version 3: image i is unchanged).
 GENERATOR_VERSION = 4
