@@ -16,13 +16,18 @@ from mlic.errors import MlicError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return 0
     try:
-        return int(args.func(args) or 0)
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if not hasattr(args, "func"):
+            parser.print_help()
+            return 0
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, not at exit
+        return code
+    except BrokenPipeError:  # the reader has all it wanted: end quietly, as `cat | head` does
+        _stdout_to_devnull()
+        return 0
     except MlicError as exc:
         print(f"mlic: error: {exc}", file=sys.stderr)
         return 2
@@ -33,6 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlic: interrupted", file=sys.stderr)
         return 130
+
+
+def _stdout_to_devnull() -> None:
+    """Python's recipe for SIGPIPE: point stdout at devnull so the flush at exit writes nowhere
+    instead of raising again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is no file (a notebook, a test)
+        pass
+
+
+FORCE_HELP = "replace an existing --out file (never an input of the command or a run record's file)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", required=True, help="the CSV file; image paths are relative to its folder"
     )
     s.add_argument("--max-images", type=int, default=0, help="only the first N images")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.set_defaults(func=_cmd_data_to_csv)
     _add_download_parsers(data_sub)
     s = data_sub.add_parser(
@@ -130,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=0, help="at most K labels per image (0: no limit)")
     s.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table")
     s.add_argument("--out", help="write here (atomically) instead of to standard output")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.add_argument("--batch-size", type=int, help="default: the run's train.eval_batch_size")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_cmd_predict)
@@ -145,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--data-root", help="dataset folder, if not the one the run used")
     s.add_argument("--out", help="default: <run>/thresholds.json")
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_cmd_calibrate)
 
@@ -155,6 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--out", help="default: <run>/export/model.onnx (or .torchscript.pt); a .json goes beside"
     )
+    s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser(
@@ -180,7 +202,12 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="rebuild tables and figures from the run records alone")
     s.add_argument("--results", default="results", help="default: %(default)s")
     s.add_argument("--preset", choices=["embedded", "paper"], default="embedded")
-    s.add_argument("--readme", help="also write the tables and figures into this README")
+    s.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="also write the tables and figures between the results markers of this Markdown "
+        "file, image links relative to it (this project's results page: docs/results.md)",
+    )
     s.set_defaults(func=_cmd_report)
     return p
 
@@ -331,8 +358,10 @@ def _cmd_evaluate(args) -> None:
 def _cmd_data_to_csv(args) -> None:
     from mlic.data import read_split
     from mlic.data.csv_dataset import write_csv_split
+    from mlic.outputs import check_out
 
     index = read_split(args.dataset, Path(args.root), args.split).head(args.max_images)
+    check_out(args.out, inputs=index.input_paths(), force=args.force)
     path = write_csv_split(index, Path(args.out))
     print(f"{path}: {index.num_images} images, {index.num_classes} classes")
 
@@ -388,6 +417,7 @@ def _cmd_predict(args) -> None:
         top_k=args.top_k,
         fmt=args.format,
         out=args.out,
+        force=args.force,
         batch_size=args.batch_size,
         device=args.device,
     )
@@ -399,19 +429,23 @@ def _cmd_calibrate(args) -> None:
 
     data = {"root": args.data_root} if args.data_root else {}
     trained = load_trained(args.path, device=args.device, data=data)
-    record, path = calibrate(trained, split=args.split, out=Path(args.out) if args.out else None)
+    out = Path(args.out) if args.out else None
+    record, path = calibrate(trained, split=args.split, out=out, force=args.force)
     print(f"{describe(record)} -> {path}")
     m = record["metrics_on_chosen_images"]
-    print(
-        "  on those images (optimistic): "
-        + "  ".join(f"{k.upper()} {m[k]:.2f}" for k in ("cp", "cr", "cf1", "op", "or", "of1"))
+    cells = (
+        f"{k.upper()} {'-' if m[k] is None else format(m[k], '.2f')}"
+        for k in ("cp", "cr", "cf1", "op", "or", "of1")
     )
+    print("  on those images (optimistic): " + "  ".join(cells))
 
 
 def _cmd_export(args) -> None:
     from mlic.export import export_run
 
-    model, spec = export_run(args.path, fmt=args.format, image_size=args.image_size, out=args.out)
+    model, spec = export_run(
+        args.path, fmt=args.format, image_size=args.image_size, out=args.out, force=args.force
+    )
     print(f"{model}\n{spec}")
 
 

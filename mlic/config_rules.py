@@ -20,6 +20,15 @@ from typing import Any
 MAX_IMAGE_SIZE = 2048  # px; the paper uses 448 and 576
 MAX_BATCH = 4096
 MAX_WIDTH = 16384  # d_model, dim_feedforward (the paper: 2048, 8192)
+# Pixels of one batch (images x image_size^2), what memory grows with. Measured on the CPU with
+# the embedded preset's network: a training step (forward and backward) takes 0.65-0.9 KB per
+# pixel, an evaluation batch about 0.11 KB. 2^24 training pixels (32 images at 724 px, or the
+# paper's micro-batch of 48 at 576 px) are 11-15 GB, 2^26 evaluation pixels (128 at 724 px)
+# about 7.5 GB: both fit a 16-24 GB machine; 32 images at 2048 px (134 M pixels) would need
+# about 100 GB and die in the allocator.
+MAX_TRAIN_PIXELS = 1 << 24
+MAX_EVAL_PIXELS = 1 << 26
+KB_PER_PIXEL = {True: 0.9, False: 0.11}  # training, evaluation: the measured upper ends
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,13 @@ RULES: dict[str, Range | Pattern] = {
     "name": PLAIN_NAME,
     "data.train_split": SPLIT_NAME,
     "data.val_split": SPLIT_NAME,
-    "data.image_size": Range(32, MAX_IMAGE_SIZE, why="(the limit bounds a batch's memory)"),
+    "data.image_size": Range(
+        32,
+        MAX_IMAGE_SIZE,
+        why=f"(memory: a training micro-batch may hold {MAX_TRAIN_PIXELS / 1e6:.1f} M pixels, "
+        f"about {MAX_TRAIN_PIXELS * KB_PER_PIXEL[True] / 1e6:.0f} GB on a CPU, e.g. 4 images "
+        f"at {MAX_IMAGE_SIZE} px)",
+    ),
     "data.mean": Range(-10.0, 10.0),
     "data.std": Range(0, 10.0, low_open=True),
     "data.randaugment_ops": Range(0, 16),
@@ -192,12 +207,48 @@ def _backbone_kwargs_sizes(cfg: Any) -> str | None:
     return None
 
 
+def batch_pixels_problem(batch: int, image_size: int, train: bool) -> str | None:
+    """Why `batch` images of `image_size` px are too many for one pass (None if they fit):
+    memory grows with the batch's pixels (MAX_TRAIN_PIXELS, MAX_EVAL_PIXELS)."""
+    pixels = batch * image_size * image_size
+    limit = MAX_TRAIN_PIXELS if train else MAX_EVAL_PIXELS
+    if pixels <= limit:
+        return None
+    what = "training micro-batch" if train else "evaluation batch"
+    need = pixels * KB_PER_PIXEL[train] / 1e6
+    return (
+        f"{batch} images at {image_size} px are {pixels / 1e6:.1f} M pixels per {what}, over "
+        f"the limit of {limit / 1e6:.1f} M (about {need:.0f} GB on a CPU, measured "
+        f"{KB_PER_PIXEL[train]} KB per pixel; the limit is about "
+        f"{limit * KB_PER_PIXEL[train] / 1e6:.0f} GB)"
+    )
+
+
+def _batch_memory(cfg: Any) -> str | None:
+    size, t = cfg.data.image_size, cfg.train
+    micro = t.batch_size // t.accumulation_steps
+    problem = batch_pixels_problem(micro, size, train=True)
+    if problem:
+        return (
+            f"train.batch_size={t.batch_size} with data.image_size={size}: {problem}; lower "
+            "data.image_size or train.batch_size, or raise train.accumulation_steps"
+        )
+    problem = batch_pixels_problem(t.eval_batch_size, size, train=False)
+    if problem:
+        return (
+            f"train.eval_batch_size={t.eval_batch_size} with data.image_size={size}: {problem}; "
+            "lower train.eval_batch_size"
+        )
+    return None
+
+
 RELATIONS: list[Callable[[Any], str | None]] = [
     _three_channels,
     _backbone_kwargs_sizes,
     _d_model_divisible,
     _dual_needs_two,
     _accumulation_divides_batch,
+    _batch_memory,
     _csv_needs_root,
     _threads,
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import random
 import sys
 import time
@@ -40,7 +41,7 @@ from mlic.compilation import Compiler, resolve_compile
 from mlic.config import Config, DataConfig, from_dict, load_config
 from mlic.cpu import configure_cpu
 from mlic.data import build_dataset, collate_skip_unreadable, cutmix, to_model_input
-from mlic.data.checks import unseen_in_training
+from mlic.data.checks import require_labels, unseen_in_training
 from mlic.data.holdout import without_holdout
 from mlic.distributed import (
     DistInfo,
@@ -60,6 +61,7 @@ from mlic.runrecord import (
     atomic_write_text,
     check_new_run,
     git_commit,
+    read_metrics,
     remove_record,
     run_lock,
     software_versions,
@@ -546,7 +548,42 @@ def fit(
             check_new_run(run_dir, resume=resume, overwrite=overwrite)
             if overwrite:
                 remove_record(run_dir)
+        finished = _finished_run(cfg, run_dir, rt) if resume else None
+        if finished is not None:
+            return finished
         return _fit(cfg, run_dir, rt, resume=resume, progress=progress)
+
+
+def _finished_run(cfg: Config, run_dir: Path, rt: Runtime) -> dict[str, Any] | None:
+    """The metrics of `run_dir` if its record is complete (metrics.json says so) and of this
+    configuration, else None. `--resume` of a finished run changes nothing (its metrics.json,
+    wall_seconds and thresholds stay); only thresholds.json missing after a kill between the
+    two is written, as the run's end would have."""
+    metrics = read_metrics(run_dir)
+    if metrics is None:
+        return None
+    saved = load_config(path=run_dir / "config.yaml").to_dict()
+    if saved != cfg.to_dict():
+        raise MlicError(
+            f"{run_dir}: a finished run of another configuration "
+            f"({_first_difference(saved, cfg.to_dict())}); nothing to resume: choose another "
+            "--run-dir, or --overwrite to replace it"
+        )
+    if rt.dist.is_main:
+        from mlic.thresholds import calibrate_after_training, describe, thresholds_path
+
+        changed = "nothing changed"
+        if not os.path.lexists(thresholds_path(run_dir)):
+            record, path = calibrate_after_training(run_dir, rt)
+            print(f"{describe(record)} -> {path}", flush=True)
+            changed = f"only its missing {path.name} written"
+        print(
+            f"{run_dir}: finished already ({metrics.get('epochs')} epochs, metrics.json "
+            f"complete); nothing to resume, {changed}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return metrics
 
 
 def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: bool) -> dict:
@@ -569,6 +606,8 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
     val_set = build_dataset(cfg.data, "val", uint8=True)
     if list(train_set.class_names) != list(val_set.class_names):
         raise MlicError(f"{cfg.data.resolved_root()}: train and val splits have different classes")
+    require_labels(train_set.index, "train a model")  # before the first epoch, not after it
+    require_labels(val_set.index, "evaluate a model")
     class_names = list(train_set.class_names)
     unseen = unseen_in_training(train_set.index, val_set.index)
     if unseen and rt.dist.is_main:
@@ -604,6 +643,7 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
     history: list[dict[str, Any]] = []
     iterations: list[dict[str, Any]] = []
     start_epoch, best_map = 0, -math.inf
+    wall_before = 0.0  # seconds of the sessions before this one (a resumed run)
     best: dict[str, Any] | None = None  # the best epoch's record (metrics.json "best")
     if state is not None:
         load_weights(last_path, model, state["model"])
@@ -622,6 +662,7 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
             ) from None
         history, iterations = list(state["history"]), list(state.get("iterations") or [])
         start_epoch, best_map = int(state["epoch"]), float(state["best_map"])
+        wall_before = _wall_before(state)
         best = state.get("best")
         if best is None:
             raise MlicError(
@@ -713,6 +754,7 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
                     "iterations": iterations,
                     "best_map": best_map,
                     "best": best,
+                    "wall_seconds": wall_before + time.perf_counter() - wall_start,
                 },
             )
     if not results:  # resumed a run that had already finished: evaluate its last weights
@@ -723,7 +765,8 @@ def _fit(cfg: Config, run_dir: Path, rt: Runtime, *, resume: bool, progress: boo
     last = _epoch_record(cfg.train.epochs, _better(results), results)
     if best is None:  # only on a non-main rank, which does not track it
         best = last
-    metrics = _final_metrics(cfg, rt, best, last, history, time.perf_counter() - wall_start)
+    wall = wall_before + time.perf_counter() - wall_start
+    metrics = _final_metrics(cfg, rt, best, last, history, wall)
     if rt.dist.is_main:
         write_json(run_dir / "metrics.json", metrics)
         from mlic.thresholds import calibrate_after_training, describe
@@ -755,6 +798,15 @@ def execution_metrics(cfg: Config, rt: Runtime) -> dict[str, Any]:
         "micro_batch_size": per_rank // k,
         "effective_batch_size": per_rank * rt.dist.world_size,
     }
+
+
+def _wall_before(state: dict[str, Any]) -> float:
+    """Wall seconds up to the checkpoint a run resumes from (its `wall_seconds`; a checkpoint of
+    an older mlic has none: then the epochs' own seconds, a lower bound)."""
+    wall = state.get("wall_seconds")
+    if isinstance(wall, int | float) and not isinstance(wall, bool) and math.isfinite(wall):
+        return max(float(wall), 0.0)
+    return float(sum(row.get("seconds", 0.0) for row in state.get("history") or []))
 
 
 def _resume_state(cfg: Config, run_dir: Path, last_path: Path) -> dict | None:
@@ -954,6 +1006,7 @@ def evaluate_checkpoint(
     trained = load_trained(path, device=device, data=data)
     cfg, rt, ckpt_path = trained.cfg, trained.rt, trained.checkpoint
     dataset = build_dataset(cfg.data, "val", uint8=True)
+    require_labels(dataset.index, "evaluate a model")
     if list(dataset.class_names) != trained.class_names:
         raise CheckpointError(
             f"{ckpt_path}: the checkpoint's {len(trained.class_names)} classes differ from the "

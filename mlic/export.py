@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mlic.errors import MlicError, one_line
+from mlic.errors import MlicError, OutputError, one_line
 from mlic.runrecord import atomic_write_text
 
 ExportFormat = Literal["onnx", "torchscript"]
@@ -111,35 +111,50 @@ def export_run(
     fmt: ExportFormat = "onnx",
     image_size: int | None = None,
     out: str | Path | None = None,
+    force: bool = False,
     opset: int = 18,
 ) -> tuple[Path, Path]:
     """Export a run directory's (or checkpoint's) deployed network; returns (model, spec) paths.
-    Both files are written atomically: a failed export leaves neither."""
-    from mlic.engine import load_trained
+    Both files are written atomically: a failed export (a full disk included) leaves neither.
+    An `out` (or the spec beside it) that is an input or a run record's file is refused, an
+    existing one replaced only with `force`; the default files under <run>/export/ always."""
+    from mlic.config_rules import MAX_IMAGE_SIZE, RULES
+    from mlic.engine import checkpoint_of, load_trained
+    from mlic.outputs import check_out
     from mlic.thresholds import read_thresholds, thresholds_path
 
     if fmt not in SUFFIX:
         raise ExportError(f"--format {fmt!r}: choose one of {', '.join(SUFFIX)}")
-    if out is not None and Path(out).is_dir():
-        raise ExportError(f"--out {out}: is a folder; give a file name")
+    if image_size is not None:  # bounded like data.image_size (0 is refused, not the default)
+        rule = RULES["data.image_size"]
+        problem = rule.problem(image_size)
+        if problem:
+            why = f" {rule.why}" if image_size > MAX_IMAGE_SIZE else " (the backbone's stride 32)"
+            raise ExportError(f"--image-size {image_size} {problem}{why}")
+    ckpt_path, run_dir = checkpoint_of(path)
+    default = default_out(run_dir, ckpt_path, fmt)
+    out_path = Path(out) if out else default
+    read = [ckpt_path] + ([run_dir / "config.yaml", thresholds_path(run_dir)] if run_dir else [])
+    for target in (out_path, spec_path(out_path)):
+        check_out(target, inputs=read, owned=[default, spec_path(default)], force=force)
     trained = load_trained(path, device="cpu")
     size = int(image_size or trained.cfg.data.image_size)
-    if size < 32:
-        raise ExportError(f"--image-size {size}: below the backbone's stride 32")
-    out_path = Path(out) if out else default_out(trained.run_dir, trained.checkpoint, fmt)
     net = Scores(deployed_network(trained.model)).eval()
     example = torch.zeros(2, 3, size, size)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp"
+        )
+        os.close(fd)
+        tmp = Path(tmp_name)
         if fmt == "onnx":
             _export_onnx(net, example, tmp, opset)
         else:
             _export_torchscript(net, example, tmp, size)
         tuned = None
-        if trained.run_dir is not None and thresholds_path(trained.run_dir).is_file():
+        if trained.run_dir is not None and os.path.lexists(thresholds_path(trained.run_dir)):
             record = read_thresholds(thresholds_path(trained.run_dir), trained)
             tuned = {"thresholds": record["thresholds"], "chosen_on": record["chosen_on"]}
         spec = input_spec(
@@ -148,13 +163,29 @@ def export_run(
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a model is for sharing
+        # The spec first: if it cannot be written, the model that was there stays unreplaced.
+        atomic_write_text(spec_path(out_path), json.dumps(spec, indent=2) + "\n")
         os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        cause = None if isinstance(exc, MlicError) else _os_error(exc)
+        if cause is not None:  # a full or read-only disk: the same line for both formats
+            raise OutputError(
+                f"{out_path}: cannot write ({cause.strerror or type(cause).__name__})"
+            ) from None
         raise
-    sp = spec_path(out_path)
-    atomic_write_text(sp, json.dumps(spec, indent=2) + "\n")
-    return out_path, sp
+    return out_path, spec_path(out_path)
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError behind an exporter's failure (its own exceptions wrap it), if any."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def _export_onnx(net: nn.Module, example: Tensor, path: Path, opset: int) -> None:
@@ -190,7 +221,11 @@ def _export_onnx(net: nn.Module, example: Tensor, path: Path, opset: int) -> Non
                 opset_version=opset,
                 external_data=False,
             )
+    except OSError:
+        raise  # writing the file failed: export_run says so as for TorchScript
     except Exception as exc:  # the exporter's failures are long; keep the first line
+        if _os_error(exc) is not None:
+            raise
         raise ExportError(f"ONNX export failed: {one_line(exc)[:300]}") from None
     finally:
         for lg, level in zip(loggers, levels, strict=True):
@@ -202,7 +237,14 @@ def _export_torchscript(net: nn.Module, example: Tensor, path: Path, size: int) 
         warnings.simplefilter("ignore")  # jit's deprecation notice and tracer warnings
         traced = torch.jit.trace(net, example)
         checked = torch.jit.script(CheckedScores(traced, size))
-        torch.jit.save(checked, str(path))
+        # Into memory first: torch.jit.save's C++ writer aborts the process when the disk is
+        # full; Python's write raises an OSError that export_run turns into one line.
+        buffer = io.BytesIO()
+        torch.jit.save(checked, buffer)
+    with open(path, "wb") as handle:
+        handle.write(buffer.getbuffer())
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def input_spec(

@@ -9,8 +9,9 @@ model in eval mode: no BatchFormerV2 stream).
 
 Inputs are files, folders (walked recursively for image files) and glob patterns. Anything that
 cannot be predicted - a missing path, something that is not a regular file (a FIFO would block
-a reader forever), a file that does not decode - is skipped, listed with its reason, and
-counted; without a single predicted image the command fails.
+a reader forever), a folder or file we may not read, a file that does not decode - is skipped,
+listed with its reason, and counted; without a single predicted image the command fails. File
+names are printed with control characters escaped (one image, one line).
 """
 
 from __future__ import annotations
@@ -71,21 +72,39 @@ def discover_images(inputs: Sequence[str | Path]) -> Discovered:
             seen.add(key)
             found.files.append(path)
 
+    def unreadable(where: str | Path, exc: OSError) -> None:
+        found.skipped.append((str(where), f"cannot read ({exc.strerror or type(exc).__name__})"))
+
+    def walk(folder: Path) -> None:
+        # os.walk reports a folder it cannot list (onerror) instead of skipping it silently.
+        files: list[Path] = []
+        for top, dirs, names in os.walk(folder, onerror=lambda e: unreadable(e.filename, e)):
+            dirs.sort()
+            files.extend(Path(top) / name for name in names)
+        for sub in sorted(files, key=lambda p: p.as_posix()):
+            if sub.suffix.lower() not in IMAGE_SUFFIXES:
+                found.ignored_in_folders += 1
+            elif _regular(sub):
+                add(sub)
+            else:
+                found.skipped.append((str(sub), "not a regular file"))
+
     def consider(path: Path, *, named: bool) -> None:
-        if path.is_dir():
-            for sub in sorted(path.rglob("*"), key=lambda p: p.as_posix()):
-                if sub.is_dir():
-                    continue
-                if sub.suffix.lower() not in IMAGE_SUFFIXES:
-                    found.ignored_in_folders += 1
-                elif _regular(sub):
-                    add(sub)
-                else:
-                    found.skipped.append((str(sub), "not a regular file"))
-        elif not os.path.lexists(path):
-            found.skipped.append((str(path), "no such file or folder"))
-        elif not _regular(path):
-            found.skipped.append((str(path), "not a regular file (or a broken link)"))
+        try:
+            mode = os.stat(path).st_mode  # follows links; raises for one that is broken
+        except FileNotFoundError:
+            if os.path.lexists(path):
+                found.skipped.append((str(path), "a broken link"))
+            else:
+                found.skipped.append((str(path), "no such file or folder"))
+            return
+        except OSError as exc:  # e.g. a file in a folder we may not enter
+            unreadable(path, exc)
+            return
+        if stat.S_ISDIR(mode):
+            walk(path)
+        elif not stat.S_ISREG(mode):
+            found.skipped.append((str(path), "not a regular file"))
         elif named or path.suffix.lower() in IMAGE_SUFFIXES:
             add(path)  # a file named explicitly is tried whatever its suffix
 
@@ -218,6 +237,23 @@ def predicted_labels(
     return out
 
 
+def printable(text: str) -> str:
+    """`text` with control characters escaped (a newline in a file name is shown as \\n), so one
+    image stays one line of a table or a message; csv and json quote them themselves."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _csv_line(fields: list[str]) -> str:
+    """One CSV row ending in "\\n". The writer is told the terminator is "\\r\\n" so that it
+    quotes a field holding either character (a file name with "\\r" would otherwise come out
+    unquoted, which CSV readers refuse)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n").writerow(fields)
+    return buf.getvalue()[:-2] + "\n"
+
+
 def render(
     preds: Predictions,
     labels: list[list[int]],
@@ -228,21 +264,20 @@ def render(
     """The predictions as text in one of FORMATS (stable: input order, classes in model order)."""
     names = preds.class_names
     if fmt == "table":
-        width = max((len(str(f)) for f in preds.files), default=5)
+        shown = [printable(str(f)) for f in preds.files]
+        width = max((len(f) for f in shown), default=5)
         lines = [f"{'image':<{width}}  labels (score)"]
-        for f, row, chosen in zip(preds.files, preds.scores, labels, strict=True):
-            text = ", ".join(f"{names[c]} ({row[c]:.3f})" for c in chosen) or "-"
-            lines.append(f"{str(f):<{width}}  {text}")
+        for f, row, chosen in zip(shown, preds.scores, labels, strict=True):
+            text = ", ".join(f"{printable(names[c])} ({row[c]:.3f})" for c in chosen) or "-"
+            lines.append(f"{f:<{width}}  {text}")
         return "\n".join(lines) + "\n"
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["image", "labels", *names])
+        lines = [_csv_line(["image", "labels", *names])]
         for f, row, chosen in zip(preds.files, preds.scores, labels, strict=True):
-            writer.writerow(
-                [str(f), "|".join(names[c] for c in chosen), *(f"{v:.6f}" for v in row)]
+            lines.append(
+                _csv_line([str(f), "|".join(names[c] for c in chosen), *(f"{v:.6f}" for v in row)])
             )
-        return buf.getvalue()
+        return "".join(lines)
     records = [
         {
             "image": str(f),
@@ -273,6 +308,7 @@ def run_predict(
     top_k: int = 0,
     fmt: Format = "table",
     out: str | Path | None = None,
+    force: bool = False,
     batch_size: int | None = None,
     device: str = "auto",
     progress: bool | None = None,
@@ -282,9 +318,13 @@ def run_predict(
     """The whole command; returns the number of images predicted (0 raises MlicError).
 
     Skipped inputs are listed on `stderr` with a count; the output goes to `out` (written
-    atomically, only when at least one image was predicted) or `stdout`.
+    atomically, only when at least one image was predicted) or `stdout`. `out` is refused when
+    it is one of the command's inputs or a run record's file, and when it exists without
+    `force` (mlic/outputs.py).
     """
-    from mlic.engine import load_trained
+    from mlic.config_rules import batch_pixels_problem
+    from mlic.engine import checkpoint_of, load_trained
+    from mlic.outputs import check_out
     from mlic.thresholds import read_thresholds, threshold_vector, thresholds_path
 
     stdout = stdout or sys.stdout
@@ -299,16 +339,26 @@ def run_predict(
         raise MlicError(f"--top-k {top_k}: must be >= 0 (0: no limit)")
     if batch_size is not None and batch_size < 1:
         raise MlicError(f"--batch-size {batch_size}: must be >= 1")
-    if out is not None and Path(out).is_dir():
-        raise MlicError(f"--out {out}: is a folder; give a file name")
+    found = discover_images(inputs)  # before the model: a bad --out costs nothing
+    ckpt_path, run_dir = checkpoint_of(path)
+    source: Path | None = None
+    if thresholds == "tuned":
+        if run_dir is None:
+            raise MlicError(f"{path}: --thresholds tuned needs a run directory")
+        source = thresholds_path(run_dir)
+    elif thresholds is not None:
+        source = Path(thresholds)
+    if out is not None:
+        read = [ckpt_path, *found.files, *(i for i in map(str, inputs) if os.path.lexists(i))]
+        if run_dir is not None:
+            read.append(run_dir / "config.yaml")
+        check_out(out, inputs=read + ([source] if source else []), force=force)
     trained = load_trained(path, device=device)
-    if thresholds is not None:
-        if thresholds == "tuned":
-            if trained.run_dir is None:
-                raise MlicError(f"{path}: --thresholds tuned needs a run directory")
-            source = thresholds_path(trained.run_dir)
-        else:
-            source = Path(thresholds)
+    size = trained.cfg.data.image_size
+    problem = batch_pixels_problem(batch_size or trained.cfg.train.eval_batch_size, size, False)
+    if problem:
+        raise MlicError(f"{'--batch-size' if batch_size else trained.checkpoint}: {problem}")
+    if source is not None:
         record = read_thresholds(source, trained)
         cut: np.ndarray | float = threshold_vector(record)
         rule = {"thresholds": str(source), "chosen_on": record["chosen_on"]["description"]}
@@ -317,10 +367,15 @@ def run_predict(
         rule = {"threshold": cut}
     if progress is None:
         progress = stderr.isatty()
-    preds = predict_images(trained, inputs, batch_size=batch_size, progress=progress)
-    files, scores = preds.files, preds.scores
+    progress = progress and len(found.files) > 1
+    files, scores, failed = predict_files(
+        trained, found.files, batch_size=batch_size, progress=progress
+    )
+    preds = Predictions(
+        files, scores, trained.class_names, found.skipped + failed, found.ignored_in_folders
+    )
     for file, reason in preds.skipped:
-        print(f"mlic: skipped {file}: {reason}", file=stderr)
+        print(f"mlic: skipped {printable(file)}: {reason}", file=stderr)
     if preds.ignored_in_folders:
         print(
             f"mlic: ignored {preds.ignored_in_folders} file(s) without an image suffix in folders",

@@ -198,7 +198,8 @@ class _YAMLLimit(yaml.YAMLError):
 
 class BoundedSafeLoader(yaml.SafeLoader):
     """PyYAML's SafeLoader without aliases (our files never need them; expanding them is how
-    a 1.6 KB file becomes gigabytes) and with a nesting limit (the composer recurses)."""
+    a 1.6 KB file becomes gigabytes), with a nesting limit (the composer recurses) and without
+    duplicate keys (PyYAML lets the later one win silently: `epochs: 1` then `epochs: 3`)."""
 
     max_depth = MAX_DEPTH
 
@@ -222,6 +223,22 @@ class BoundedSafeLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            name = (key.tag, key.value)
+            if name in first:
+                raise _YAMLLimit(
+                    f"duplicate key {key.value[:60]!r} (first on line {first[name] + 1}); a "
+                    "YAML mapping names each key once",
+                    key.start_mark,
+                )
+            first[name] = key.start_mark.line
+        return node
 
 
 def parse_yaml(text: str, source: str, error: type[MlicError] = DataError) -> Any:

@@ -28,14 +28,14 @@ each class there (optimistic, see above).
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlic.errors import MlicError, one_line
+from mlic.errors import MlicError
 from mlic.metrics import ArrayLike, _prepare, threshold_metrics_per_class
 from mlic.runrecord import write_json
 
@@ -135,39 +135,81 @@ def thresholds_path(run_dir: Path) -> Path:
     return Path(run_dir) / FILE_NAME
 
 
+MAX_THRESHOLDS_BYTES = 16 << 20  # a thresholds.json for 80 classes is about 10 KB
+MAX_THRESHOLDS_DEPTH = 8  # the file nests 3 levels
+
+
 def read_thresholds(path: str | Path, trained: Trained | None = None) -> dict[str, Any]:
-    """A thresholds.json, checked: readable, our format, and (given `trained`) made for the same
-    class names and the same checkpoint file and epoch."""
+    """A thresholds.json, read like every file we parse (bounded size and nesting) and checked
+    field by field (what predict, evaluate and export use); given `trained`, it must be made
+    for the same class names and the same checkpoint file and epoch. Every problem is one
+    ThresholdsError naming the file."""
+    from mlic.safeload import load_json
+
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ThresholdsError(f"{path}: no thresholds file; run `mlic calibrate` on the run first")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ThresholdsError(f"{path}: cannot read ({one_line(exc)})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ThresholdsError(f"{path}: not an mlic thresholds file (format {FORMAT!r})")
-    names, values = record.get("class_names"), record.get("thresholds")
-    if not isinstance(names, list) or not isinstance(values, dict):
-        raise ThresholdsError(f"{path}: lacks class_names or thresholds")
-    for name in names:
-        v = values.get(name)
-        if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
-            raise ThresholdsError(f"{path}: threshold of class {name!r} is not a number in [0, 1]")
+        record = load_json(path, max_bytes=MAX_THRESHOLDS_BYTES, max_depth=MAX_THRESHOLDS_DEPTH)
+    except MlicError as exc:
+        raise ThresholdsError(str(exc)) from None
+    problem = _record_problem(record)
+    if problem:
+        raise ThresholdsError(f"{path}: {problem}; run `mlic calibrate` again")
+    names = record["class_names"]
     if trained is not None:
         if names != trained.class_names:
             raise ThresholdsError(
-                f"{path}: made for {len(names)} other classes than the checkpoint's "
-                f"{len(trained.class_names)}; run `mlic calibrate` again"
+                f"{path}: made for {len(names)} other classes ({_names(names)}) than the "
+                f"checkpoint's {len(trained.class_names)} ({_names(trained.class_names)}); run "
+                "`mlic calibrate` again"
             )
-        made_for = record.get("checkpoint", {})
+        made_for = record["checkpoint"]
         here = _checkpoint_info(trained)
-        if (made_for.get("file"), made_for.get("epoch")) != (here["file"], here["epoch"]):
+        if (made_for["file"], made_for["epoch"]) != (here["file"], here["epoch"]):
             raise ThresholdsError(
-                f"{path}: chosen for {made_for.get('file')} (epoch {made_for.get('epoch')}), not "
+                f"{path}: chosen for {made_for['file']} (epoch {made_for['epoch']}), not "
                 f"for {here['file']} (epoch {here['epoch']}); run `mlic calibrate` again"
             )
     return record
+
+
+def _names(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(repr(n)[:40] for n in names[:limit])
+    return shown + (", ..." if len(names) > limit else "")
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with a parsed thresholds.json (None if nothing): the fields later code
+    reads, each of its type (a number in [0, 1] for every threshold, NaN refused)."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        return f"not an mlic thresholds file (format {FORMAT!r})"
+    names, values = record.get("class_names"), record.get("thresholds")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "class_names is not a non-empty list of class names"
+    if len(set(names)) != len(names):
+        return "class_names lists a class twice"
+    if not isinstance(values, dict):
+        return "thresholds is not an object {class name: threshold}"
+    for name in names:
+        if name not in values:
+            return f"no threshold for class {name[:60]!r}"
+        v = values[name]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v <= 1.0:
+            return f"threshold of class {name[:60]!r} is {str(v)[:20]}, not a number in [0, 1]"
+    on = record.get("chosen_on")
+    if not isinstance(on, dict):
+        return "chosen_on is not an object (where the thresholds were chosen)"
+    for key, types in (("kind", str), ("description", str), ("split", str | None)):
+        if not isinstance(on.get(key), types) or key not in on:
+            return f"chosen_on.{key} is missing or not a string"
+    ckpt = record.get("checkpoint")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("file"), str):
+        return "checkpoint.file is missing or not a string (the checkpoint they were chosen for)"
+    epoch = ckpt.get("epoch")
+    if "epoch" not in ckpt or isinstance(epoch, bool) or not isinstance(epoch, int | None):
+        return "checkpoint.epoch is missing or not an integer"
+    return None
 
 
 def threshold_vector(record: dict[str, Any]) -> np.ndarray:
@@ -225,21 +267,35 @@ def calibration_dataset(cfg, split: str | None = None):
 
 
 def calibrate(
-    trained: Trained, *, split: str | None = None, out: Path | None = None, progress: bool = False
+    trained: Trained,
+    *,
+    split: str | None = None,
+    out: Path | None = None,
+    force: bool = False,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """Choose the thresholds of a loaded run and write thresholds.json atomically (into the run
-    directory unless `out`); returns (record, path)."""
+    directory unless `out`); returns (record, path). An `out` that is an input (the checkpoint,
+    the dataset's files) or another run record's file is refused, an existing one replaced only
+    with `force` (mlic/outputs.py); the run's own thresholds.json is always replaced."""
+    from mlic.data.checks import require_labels
     from mlic.engine import predict
+    from mlic.outputs import check_out
 
+    own = thresholds_path(trained.run_dir) if trained.run_dir is not None else None
     if out is None:
-        if trained.run_dir is None:
+        if own is None:
             raise MlicError(
                 f"{trained.checkpoint}: not inside a run directory; give --out for thresholds.json"
             )
-        out = thresholds_path(trained.run_dir)
-    if Path(out).is_dir():
-        raise MlicError(f"--out {out}: is a folder; give a file name")
+        out = own
     dataset, chosen_on = calibration_dataset(trained.cfg, split)
+    index = dataset.index
+    read = [trained.checkpoint, *index.input_paths()]
+    if trained.run_dir is not None:
+        read.append(trained.run_dir / "config.yaml")
+    check_out(out, inputs=read, owned=[own] if own else [], force=force)
+    require_labels(index, "choose thresholds")
     if list(dataset.class_names) != trained.class_names:
         raise MlicError(
             f"{trained.checkpoint}: the checkpoint's {len(trained.class_names)} classes differ "
@@ -280,7 +336,7 @@ def tuned_metrics(
     were chosen and whether that is the evaluated split (then they are optimistic). Thresholds
     made for another checkpoint (e.g. best.pt when last.pt is evaluated) are not used:
     `{"unavailable": reason}`."""
-    if trained.run_dir is None or not thresholds_path(trained.run_dir).is_file():
+    if trained.run_dir is None or not os.path.lexists(thresholds_path(trained.run_dir)):
         return None
     try:
         record = read_thresholds(thresholds_path(trained.run_dir), trained)

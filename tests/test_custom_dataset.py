@@ -4,6 +4,7 @@ the row) and COCO files with their own categories and split names, trained end t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -88,8 +89,15 @@ def test_csv_needs_a_root():
         load_config("embedded", ["data.dataset=csv"])
 
 
+def _linked_coco(tiny_embedded_root, csv_dir):
+    """The images must lie under the CSV's folder: link the embedded COCO tree into it."""
+    csv_dir.mkdir(parents=True, exist_ok=True)
+    (csv_dir / "coco").symlink_to(tiny_embedded_root / "coco", target_is_directory=True)
+    return csv_dir / "coco"
+
+
 def test_embedded_split_round_trips_through_csv(tiny_embedded_root, tmp_path):
-    coco = read_coco(tiny_embedded_root / "coco", "val2014")
+    coco = read_coco(_linked_coco(tiny_embedded_root, tmp_path / "csv"), "val2014")
     path = write_csv_split(coco, tmp_path / "csv" / "train.csv")
     back = read_csv_split(tmp_path / "csv", "train")
     # classes are the labels that occur, sorted: compare by name
@@ -100,15 +108,16 @@ def test_embedded_split_round_trips_through_csv(tiny_embedded_root, tmp_path):
     assert set(back.class_names) == {
         n for k, n in enumerate(coco.class_names) if coco.targets[:, k].any()
     }
-    assert [str(p) for p in back.files] == [
-        str((tmp_path / "csv" / "train.csv").parent / _rel(f, path.parent)) for f in coco.files
-    ]
+    assert [str(p) for p in back.files] == [str(f) for f in coco.files]
+    assert path.read_text().splitlines()[1].startswith("coco/val2014/")
 
 
-def _rel(file, base):
-    import os
-
-    return os.path.relpath(os.path.realpath(file), os.path.realpath(base))
+def test_write_csv_split_refuses_images_outside_the_csv_folder(tiny_embedded_root, tmp_path):
+    # A CSV dataset's reader refuses paths that leave its folder, so the writer never makes one.
+    coco = read_coco(tiny_embedded_root / "coco", "val2014")
+    with pytest.raises(DataError, match="outside the CSV's folder"):
+        write_csv_split(coco, tmp_path / "elsewhere" / "val.csv")
+    assert not (tmp_path / "elsewhere" / "val.csv").exists()
 
 
 def test_train_predict_on_a_csv_dataset_and_own_coco_splits(tiny_embedded_root, tmp_path, capsys):
@@ -119,7 +128,7 @@ def test_train_predict_on_a_csv_dataset_and_own_coco_splits(tiny_embedded_root, 
     from mlic.predict import predict_images
 
     csv_dir = tmp_path / "csv"
-    coco = tiny_embedded_root / "coco"
+    coco = _linked_coco(tiny_embedded_root, csv_dir)
     write_csv_split(read_coco(coco, "train2014"), csv_dir / "train.csv")
     val = read_coco(coco, "val2014")
     keep = list(val.class_names)  # classes.txt: the model's outputs in COCO's order
@@ -182,7 +191,9 @@ def test_the_example_csv_dataset_follows_the_format():
     classes = {label for _, _, labels in train for label in labels}
     assert {label for _, _, labels in val for label in labels} <= classes
     for _, image, _ in train + val:
-        assert image.startswith("../../data/embedded/coco/") and image.endswith(".jpg")
+        assert image.startswith("coco/") and image.endswith(".jpg")
+    # coco/ is a link into the embedded dataset: inside the CSV's folder, as paths must be
+    assert os.readlink(root / "coco") == "../../data/embedded/coco"
 
 
 def test_the_example_csv_dataset_names_the_images_its_labels_describe():

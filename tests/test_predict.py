@@ -125,7 +125,7 @@ def test_cli_bad_inputs_fail_in_one_line_without_a_file(tiny_run, tmp_path, val_
         ((str(tiny_run), str(tmp_path / "none*.jpg")), "no image predicted"),
         ((str(tiny_run), one, "--threshold", "1.5"), "[0, 1]"),
         ((str(tiny_run), one, "--top-k", "-1"), "--top-k"),
-        ((str(tiny_run), one, "--thresholds", str(not_image)), "cannot read"),
+        ((str(tiny_run), one, "--thresholds", str(not_image)), "not valid JSON"),
         ((str(tiny_run), one, "--out", str(tmp_path)), "is a folder"),
     ]
     for args, needle in cases:

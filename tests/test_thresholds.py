@@ -111,7 +111,7 @@ def test_stale_or_broken_thresholds_are_refused(tiny_run, tmp_path):
             read_thresholds(path, trained)
         assert "\n" not in str(info.value)
     path.write_text("{not json")
-    with pytest.raises(ThresholdsError, match="cannot read"):
+    with pytest.raises(ThresholdsError, match="not valid JSON"):
         read_thresholds(path, trained)
     with pytest.raises(ThresholdsError, match="mlic calibrate"):
         read_thresholds(tmp_path / "missing.json", trained)

@@ -8,10 +8,15 @@ Layout: `<root>/<split>.csv` (e.g. `train.csv`, `val.csv`), optionally `<root>/c
     photos/0003.jpg,
 
 - The header names the columns `image` and `labels` (other columns are allowed and ignored).
-- `image`: the image's path relative to `<root>` (`/` separators; an absolute path is used as
-  it is). Each image appears once per file.
+- `image`: the image's path relative to `<root>` (`/` separators; an absolute path must lie
+  inside `<root>`). A path that leaves `<root>` (`..`, or absolute elsewhere) is refused, as
+  COCO and VOC refuse it; to use images stored elsewhere, link their folder into `<root>`.
+  Each image appears once per file.
 - `labels`: class names separated by `|` (surrounding spaces are stripped); empty means the
   image shows none of the classes (kept, with all-zero targets, as COCO's unannotated images).
+  Every row has the field (`photo.jpg,` for none): a row without it, or with more fields than
+  the header (`photo.jpg,dog,cat`), is an error rather than a lost label, and so is a label
+  with `,` or `;` that is not a class of classes.txt (`"dog,cat"` looks like two labels).
 - Classes: `<root>/classes.txt` (one name per line, in the order of the model's outputs) if it
   exists; otherwise the labels of the training split, sorted. A label of another split that is
   not among them is an error naming the file, row and label: a class the model never trained on
@@ -59,10 +64,21 @@ def read_rows(path: Path) -> list[tuple[int, str, list[str]]]:
             rows = []
             for record in reader:
                 line = reader.line_num
+                if None in record:  # DictReader's key for fields beyond the header
+                    raise DataError(
+                        f"{path}, line {line}: {len(fields) + len(record[None])} fields, the "
+                        f"header has {len(fields)}; labels are separated by {SEPARATOR!r}, not "
+                        "',' (quote a field that holds a comma)"
+                    )
+                if record.get("labels") is None:  # the row ended before the labels field
+                    raise DataError(
+                        f"{path}, line {line}: no labels field; an image without labels is "
+                        "written with an empty one (`photo.jpg,`)"
+                    )
                 image = (record.get("image") or "").strip()
                 if not image:
                     raise DataError(f"{path}, line {line}: the image column is empty")
-                text = (record.get("labels") or "").strip()
+                text = record["labels"].strip()
                 labels = [part.strip() for part in text.split(SEPARATOR)] if text else []
                 if any(not label for label in labels):
                     raise DataError(
@@ -95,10 +111,43 @@ def read_class_list(root: Path, train_split: str) -> tuple[list[str], str]:
             raise DataError(f"{path}: a class name contains the label separator {SEPARATOR!r}")
         return names, str(path)
     train_file = csv_file(root, train_split)
-    names = sorted({label for _, _, labels in read_rows(train_file) for label in labels})
+    rows = read_rows(train_file)
+    for line, _, labels in rows:
+        for label in labels:
+            if _looks_separated(label):
+                raise DataError(f"{train_file}, line {line}: {_separated_message(label)}")
+    names = sorted({label for _, _, labels in rows for label in labels})
     if not names:
         raise DataError(f"{train_file}: no row has a label, so there are no classes")
     return names, str(train_file)
+
+
+def _looks_separated(label: str) -> bool:
+    return "," in label or ";" in label
+
+
+def _separated_message(label: str) -> str:
+    mark = "," if "," in label else ";"
+    return (
+        f"label {label[:80]!r} looks like labels separated by {mark!r}; separate them with "
+        f"{SEPARATOR!r} (a class name with ',' or ';' must be listed in {CLASSES_FILE})"
+    )
+
+
+def _image_file(root: Path, image: str) -> Path | str:
+    """`root / image` if it stays inside `root` (lexically: a link inside `root` is the
+    dataset's own choice), else the reason it does not."""
+    if "\x00" in image:
+        return "contains a NUL character"
+    if os.path.isabs(image):
+        top = os.path.normpath(os.path.abspath(root))
+        if not os.path.normpath(image).startswith(top.rstrip(os.sep) + os.sep):
+            return f"is an absolute path outside the dataset folder {root}"
+        return Path(image)
+    normal = os.path.normpath(image)
+    if normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        return f"leaves the dataset folder {root} ('..'); image paths must stay inside it"
+    return root / image
 
 
 def read_csv_split(root: str | Path, split: str, train_split: str = "train") -> SplitIndex:
@@ -113,7 +162,9 @@ def read_csv_split(root: str | Path, split: str, train_split: str = "train") -> 
     files: list[str] = []
     first_line: dict[str, int] = {}
     for i, (line, image, labels) in enumerate(rows):
-        file = root / image
+        file = _image_file(root, image)
+        if isinstance(file, str):
+            raise DataError(f"{path}, line {line}: image {image[:200]!r} {file}")
         key = os.path.normpath(file)
         if key in first_line:
             raise DataError(
@@ -125,6 +176,8 @@ def read_csv_split(root: str | Path, split: str, train_split: str = "train") -> 
             raise DataError(f"{path}, line {line}: image file {file} not found")
         for label in labels:
             if label not in class_of:
+                if _looks_separated(label):
+                    raise DataError(f"{path}, line {line}: {_separated_message(label)}")
                 where = (
                     "classes.txt"
                     if class_source.endswith(CLASSES_FILE)
@@ -148,17 +201,25 @@ def read_csv_split(root: str | Path, split: str, train_split: str = "train") -> 
 
 def write_csv_split(index: SplitIndex, path: str | Path) -> Path:
     """Write a split (e.g. the embedded COCO one) in this CSV format, image paths relative to
-    the CSV's folder; the file is written atomically. Returns the path."""
+    the CSV's folder, which must hold the images (read the split through a link in that folder
+    to use images stored elsewhere); the file is written atomically. Returns the path."""
     from mlic.runrecord import atomic_write_text
 
     path = Path(path)
     bad = [n for n in index.class_names if SEPARATOR in n or "\n" in n]
     if bad:
         raise DataError(f"class name {bad[0]!r} contains {SEPARATOR!r} or a line break")
-    base = path.parent.resolve()
+    base = os.path.abspath(path.parent)
     rows = []
     for i in range(index.num_images):
-        image = Path(os.path.relpath(index.image_path(i).resolve(), base)).as_posix()
+        image = os.path.relpath(os.path.abspath(index.image_path(i)), base)
+        if image == os.pardir or image.startswith(os.pardir + os.sep):
+            raise DataError(
+                f"{path}: image {index.image_path(i)} lies outside the CSV's folder {base}, "
+                "where a CSV dataset's images must be; write the CSV into the image tree, or "
+                "link the image folder into the CSV's folder and read the split through it"
+            )
+        image = Path(image).as_posix()
         labels = SEPARATOR.join(
             index.class_names[k] for k in np.flatnonzero(index.targets[i] > 0.5)
         )

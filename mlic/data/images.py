@@ -2,15 +2,18 @@
 
 Grayscale, CMYK, RGBA, palette and 16-bit images are converted, not refused (COCO holds a
 few hundred grayscale images). Alpha is dropped, as `Image.convert("RGB")` in the Q2L/ASL
-loaders does.
+loaders does. A camera's EXIF orientation is applied (`ImageOps.exif_transpose`), so a photo
+is seen upright, as a viewer shows it, in training, evaluation and predict alike (this is the
+one place images are decoded); an image without that tag is left exactly as it is.
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mlic.errors import DataError
 from mlic.safeload import open_regular
@@ -37,6 +40,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _upright(image: Image.Image) -> None:
+    """Apply the EXIF orientation in place (nothing without the tag). A damaged EXIF block
+    leaves the pixels as stored: the orientation is metadata, the pixels decoded fine."""
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except (*DECODE_ERRORS, KeyError, TypeError, IndexError, struct.error):
+        pass
+
+
 def open_rgb(path: str | Path) -> Image.Image:
     """Fully decode `path` (so truncation is detected here, not later) and convert to RGB."""
     try:
@@ -46,6 +58,7 @@ def open_rgb(path: str | Path) -> Image.Image:
         with open_regular(path) as handle:
             image = Image.open(handle)
             image.load()
+            _upright(image)
             return to_rgb(image)
     except FileNotFoundError:  # pragma: no cover - open_regular reports it
         raise DataError(f"{path}: image file not found") from None

@@ -130,6 +130,18 @@ class SplitIndex:
     def image_path(self, i: int) -> Path:
         return Path(str(self.files[i]))
 
+    def input_paths(self) -> list[Path]:
+        """What reading this split read: the annotation file (COCO), the VOC2007 folder, the
+        CSV files and classes.txt beside them, and every image. A command that reads the split
+        must not write over any of them (a folder stands for everything inside it)."""
+        source = Path(self.source)
+        paths = [Path(str(f)) for f in self.files]
+        if self.dataset == "voc":
+            return [source.parent, *paths]
+        if self.dataset == "csv":
+            return [*sorted(source.parent.glob("*.csv")), source.parent / "classes.txt", *paths]
+        return [source, *paths]
+
     def head(self, n: int) -> SplitIndex:
         """Only the first n images (deterministic; for smoke runs). n <= 0 keeps all."""
         if n <= 0 or n >= self.num_images:
