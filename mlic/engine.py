@@ -39,6 +39,7 @@ from mlic.checkpoint import (
 )
 from mlic.compilation import Compiler, resolve_compile
 from mlic.config import Config, DataConfig, from_dict, load_config
+from mlic.config_rules import cpu_batch_memory_problem
 from mlic.cpu import configure_cpu
 from mlic.data import build_dataset, collate_skip_unreadable, cutmix, to_model_input
 from mlic.data.checks import require_labels, unseen_in_training
@@ -51,7 +52,7 @@ from mlic.distributed import (
     init_distributed,
     sync_buffers,
 )
-from mlic.errors import CheckpointError, MlicError
+from mlic.errors import CheckpointError, ConfigError, MlicError
 from mlic.losses import AsymmetricLoss
 from mlic.metrics import compute_metrics, map_by_size
 from mlic.models import build_model_from_config
@@ -125,6 +126,9 @@ def make_runtime(cfg: Config) -> Runtime:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     elif device.type == "cpu":
+        problem = cpu_batch_memory_problem(cfg)  # before any allocation (mlic.config_rules)
+        if problem:
+            raise ConfigError(f"on the CPU, {problem}")
         configure_cpu(cfg.train.num_threads)  # denormals flushed, threads set (mlic.cpu)
     compiler = Compiler(resolve_compile(cfg.train.compile, device), cfg.train.compile_mode)
     channels_last = cfg.train.channels_last and device.type == "cuda"

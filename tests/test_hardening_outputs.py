@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_RUN
 from PIL import Image
 
@@ -587,17 +588,31 @@ def test_yaml_with_duplicate_keys_is_refused(tmp_path, capsys):
 
 
 def test_batch_pixels_are_bounded_before_anything_allocates(tiny_run, image, capsys):
+    cpu = ["train.device=cpu"]
     with pytest.raises(ConfigError, match=r"M pixels .*GB"):
-        load_config("embedded", ["data.image_size=1536"])  # 32 images: 75 M pixels
+        load_config("embedded", [*cpu, "data.image_size=1536"])  # 32 images: 75 M pixels
     with pytest.raises(ConfigError, match="train.eval_batch_size=2048"):
-        load_config("embedded", ["data.image_size=320", "train.eval_batch_size=2048"])
-    ok = load_config("embedded", ["data.image_size=1536", "train.batch_size=4",
+        load_config("embedded", [*cpu, "data.image_size=320", "train.eval_batch_size=2048"])
+    ok = load_config("embedded", [*cpu, "data.image_size=1536", "train.batch_size=4",
                                   "train.eval_batch_size=16"])  # fmt: skip
     assert ok.data.image_size == 1536
     with pytest.raises(ConfigError, match="accumulation_steps"):  # the error says the way out
-        load_config("embedded", ["data.image_size=1024"])
+        load_config("embedded", [*cpu, "data.image_size=1024"])
     for preset in ("paper-coco-448", "paper-coco-576", "paper-voc-448"):
-        load_config(preset)  # the paper's batches stay within the bound
+        load_config(preset, cpu)  # the paper's batches stay within the bound
+    # On a GPU the card's memory decides: the paper's batch 128 at 448 px is a configuration
+    # (measured on one H200), refused only where it would run on the CPU.
+    load_config("paper-coco-448", ["train.batch_size=128"])
+    with pytest.raises(ConfigError, match="M pixels"):
+        load_config("paper-coco-448", [*cpu, "train.batch_size=128"])
+    if not torch.cuda.is_available():  # device auto is checked once it resolves to the CPU
+        from mlic.engine import make_runtime
+
+        with pytest.raises(ConfigError, match="on the CPU, .*M pixels"):
+            make_runtime(load_config("embedded", ["data.image_size=1536"]))
+        _refused(capsys, ["train", "--set", "data.image_size=2048", "--run-dir",
+                          str(tiny_run.parent / "never")], "M pixels")  # fmt: skip
+        assert not (tiny_run.parent / "never").exists()  # refused before anything was written
     _refused(capsys, ["predict", str(tiny_run), str(image), "--batch-size", "200000",
                       "--device", "cpu"], "--batch-size", "M pixels")  # fmt: skip
 
