@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,20 @@ def build_report(runs_dir: Path, out_dir: Path, family: str = "embedded") -> dic
             name: [str(d) for d in o.differences] for name, o in sorted(collected.other.items())
         },
     }
+
+
+def build_report_in(
+    results: str | Path, out_dir: str | Path = "", family: str = "embedded"
+) -> dict[str, Any]:
+    """`build_report` as the tables and figures notebooks run it: the records of
+    `results`/runs, written under `out_dir` (a new temporary folder when empty); says which
+    planned runs are missing and which records are other runs, then returns what it wrote."""
+    out = build_report(
+        Path(results) / "runs",
+        Path(out_dir or tempfile.mkdtemp(prefix="mlic-report-")),
+        family=family,
+    )
+    print("missing run records:", out["missing"] or "none")
+    if out["other"]:
+        print("other runs (not averaged into the tables):", ", ".join(out["other"]))
+    return out
