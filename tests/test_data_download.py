@@ -9,17 +9,20 @@ import hashlib
 import io
 import json
 import random
+import shutil
 import socket
 import stat
 import tarfile
 import zipfile
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from standins import coco_archives, serve, standin_sources, voc_archives
 
 from mlic.cli import main
-from mlic.data import download, sources
+from mlic.data import disk, download, fetch, sources, unpack
 from mlic.data.download import prepare
 from mlic.data.sources import Archive
 from mlic.errors import DataError, OutputError
@@ -181,12 +184,48 @@ def test_a_disk_too_small_is_refused_before_downloading(tmp_path, blobs, monkeyp
     class Usage:
         free = 10
 
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: Usage)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage)
     with serve(blobs) as server:
         with pytest.raises(OutputError) as info:
             _prepare("voc", tmp_path, server, blobs)
         assert server.requests == []
     assert "10 B free" in str(info.value) and "--archives" in str(info.value)
+
+
+def test_archives_on_another_disk_hold_only_the_download_and_the_root_is_checked_first(
+    tmp_path, blobs, monkeypatch
+):
+    """`--archives DIR` on another disk (what the disk error advises): that disk needs room for
+    the download only, and the root's disk for the unpacked files, both before any request."""
+    archives, root = tmp_path / "big", tmp_path / "voc"
+    archives.mkdir()
+    assert disk.same_filesystem(archives, root / "not" / "yet")  # one disk here
+    largest = max(len(blobs[a.name]) for a in sources.ARCHIVES["voc"])
+    free = {archives: largest + 1, root: 1 << 40}  # the download fits there, not twice over
+
+    def usage(path):
+        return SimpleNamespace(free=free.get(Path(path), 1 << 40))
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    monkeypatch.setattr(download, "same_filesystem", lambda a, b: False)
+    with serve(blobs) as server:
+        assert _prepare("voc", root, server, blobs, archive_dir=archives) == []
+    assert (root / "VOC2007" / "ImageSets" / "Main" / "test.txt").is_file()
+    (root / download.STATE_DIR).rename(tmp_path / "records")  # unpack again, into a full root
+    free[root] = 10
+    with serve(blobs) as server:
+        with pytest.raises(OutputError) as info:
+            _prepare("voc", root, server, blobs, archive_dir=archives)
+        assert server.requests == []
+    assert str(info.value).startswith(f"{root}: 10 B free") and "--root" in str(info.value)
+
+
+def test_a_named_archive_folder_stays_when_emptied(tmp_path, blobs):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with serve(blobs) as server:
+        assert _prepare("voc", tmp_path / "voc", server, blobs, archive_dir=mine) == []
+    assert mine.is_dir() and list(mine.iterdir()) == []  # emptied, not removed: the user's
 
 
 def test_a_disk_that_fills_up_mid_download_keeps_the_partial_file_for_resuming(
@@ -211,7 +250,7 @@ def test_a_disk_that_fills_up_mid_download_keeps_the_partial_file_for_resuming(
 
     with serve(blobs) as server:
         with monkeypatch.context() as m, pytest.raises(OutputError) as info:
-            m.setattr(download, "open", Full, raising=False)
+            m.setattr(fetch, "open", Full, raising=False)
             _prepare("voc", tmp_path, server, blobs)
         message = str(info.value)
         assert "no space left" in message and "kept" in message and "\n" not in message
@@ -322,7 +361,7 @@ def test_an_ordinary_compression_ratio_is_accepted(tmp_path):
     text = json.dumps({"annotations": anns}).encode()
     data = _zip([("annotations/instances_val2014.json", text)])
     info = zipfile.ZipFile(io.BytesIO(data)).infolist()[0]
-    assert info.file_size >= download.RATIO_FLOOR and info.file_size / info.compress_size < 100
+    assert info.file_size >= unpack.RATIO_FLOOR and info.file_size / info.compress_size < 100
     archive = _archive("a.zip", data, "zip", provides=("annotations/instances_val2014.json",))
     (tmp_path / "archives").mkdir()
     (tmp_path / "archives" / "a.zip").write_bytes(data)
@@ -370,6 +409,24 @@ def test_the_cli_downloads_reports_and_exits_nonzero_while_archives_are_missing(
         assert main(["data", "voc", "--root", str(other), "--download"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mlic: error: VOCtrainval_06-Nov-2007.tar: MD5") and err.count("\n") == 1
+
+
+def test_a_mirror_that_is_no_url_is_one_line_and_a_local_copy_is_one(
+    tmp_path, blobs, monkeypatch, capsys
+):
+    argv = ["data", "voc", "--root", str(tmp_path / "voc"), "--download", "--mirror"]
+    assert main([*argv, "mirror.example/voc"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlic: error: --mirror mirror.example/voc: not a URL")
+    assert err.count("\n") == 1
+    copy = tmp_path / "copy"  # the official files copied somewhere: file:// fetches them
+    copy.mkdir()
+    standin = standin_sources("voc", "http://127.0.0.1:9", blobs)  # nothing listens there
+    for a in standin:
+        (copy / a.name).write_bytes(blobs[a.name])
+    monkeypatch.setitem(sources.ARCHIVES, "voc", standin)
+    assert main([*argv, copy.as_uri()]) == 0
+    assert (tmp_path / "voc" / "VOC2007" / "ImageSets" / "Main" / "trainval.txt").is_file()
 
 
 def test_the_mirror_option_keeps_names_and_checksums():

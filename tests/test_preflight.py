@@ -95,6 +95,16 @@ def test_missing_images_and_annotations_are_failures_with_the_fetch_command(data
     assert failed and "not found" in failed[0] and "--download" in failed[0]
 
 
+def test_the_fetch_command_for_a_voc2007_folder_names_the_folder_above(data_root, tmp_path):
+    """The VOC loader takes ROOT/VOC2007 itself as the root; `mlic data voc --root R` makes
+    R/VOC2007, so the command to run names ROOT."""
+    voc = _copy(data_root / "voc", tmp_path / "voc")
+    next(iter((voc / "VOC2007" / "JPEGImages").glob("*.jpg"))).unlink()
+    failed = _texts(_check("paper-voc-448", voc / "VOC2007"), "FAIL", "data")
+    assert len(failed) == 1 and "1 of " in failed[0]
+    assert f"`mlic data voc --root {voc} --download`" in failed[0]
+
+
 def test_unreadable_images_fail_evaluation_and_warn_training(data_root, tmp_path):
     coco = _copy(data_root / "coco", tmp_path / "coco")
     next(iter((coco / "val2014").glob("*.jpg"))).write_bytes(b"not a jpeg")
@@ -108,7 +118,8 @@ def test_a_large_split_is_sampled_unless_verify(data_root, tmp_path, monkeypatch
     coco = _copy(data_root / "coco", tmp_path / "coco")
     bad = sorted((coco / "val2014").glob("*.jpg"))[1]
     bad.write_bytes(b"broken")
-    monkeypatch.setattr(preflight, "SAMPLE", 2)  # of 4 images: indices 0 and 2, not the bad one
+    # Of 4 images, indices 0 and 2 are sampled: not the bad one.
+    monkeypatch.setattr(preflight.data, "SAMPLE", 2)
     assert _texts(_check("paper-coco-448", coco), "FAIL", "data") == []
     failed = _texts(_check("paper-coco-448", coco, verify=True), "FAIL", "data")
     assert len(failed) == 1 and bad.name in failed[0]
@@ -121,7 +132,7 @@ def test_a_reproduce_data_root_is_taken_to_mean_its_dataset_folder(data_root):
 
 
 def test_the_paper_plan_checks_both_datasets_and_both_backbones(data_root, capsys, monkeypatch):
-    monkeypatch.setattr(preflight, "_probe_hub", _unreachable)
+    monkeypatch.setattr(preflight.weights, "probe_hub", _unreachable)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     code = main(["data", "check", "--preset", "paper", "--data-root", str(data_root)])
     out = capsys.readouterr().out

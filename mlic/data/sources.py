@@ -20,13 +20,17 @@ test 4,952 (the VOC 2007 development kit's ImageSets/Main).
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
+
+from mlic.errors import MlicError
 
 # The official hosts; the VOC archives also live on the long-standing pjreddie.com mirror,
 # tried when the Oxford host does not answer.
 COCO_HOST = "http://images.cocodataset.org"
 VOC_HOST = "http://host.robots.ox.ac.uk/pascal/VOC/voc2007"
 VOC_MIRROR = "https://pjreddie.com/media/files"
+MIRROR_SCHEMES = ("http", "https", "ftp", "file")  # what urllib can fetch
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,11 @@ def archives(dataset: str, mirror: str | None = None) -> tuple[Archive, ...]:
     found = ARCHIVES[dataset]
     if not mirror:
         return found
+    if urllib.parse.urlsplit(mirror).scheme.lower() not in MIRROR_SCHEMES:
+        raise MlicError(
+            f"--mirror {mirror}: not a URL that can be fetched (expected it to start with "
+            f"{', '.join(s + '://' for s in MIRROR_SCHEMES)})"
+        )
     base = mirror.rstrip("/")
     return tuple(
         Archive(a.name, (f"{base}/{a.name}",), a.size, a.md5, a.kind, a.provides, a.strip)

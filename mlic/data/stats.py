@@ -8,11 +8,10 @@ and the unreadable ones are listed by file name, so a broken download is found b
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
 
 from mlic.data.images import open_rgb
 from mlic.data.records import SplitIndex
@@ -76,14 +75,20 @@ def split_stats(index: SplitIndex) -> dict[str, Any]:
 def find_unreadable(index: SplitIndex, workers: int | None = None) -> list[str]:
     """File names (relative to the image folder) of the images that do not decode, in order."""
     paths = [index.image_path(i) for i in range(index.num_images)]
+    errors = decode_errors(paths, workers=workers)
+    return [path.name for path, error in zip(paths, errors, strict=True) if error]
 
-    def readable(path: Path) -> bool:
+
+def decode_errors(paths: Sequence[Path], workers: int | None = None) -> list[str | None]:
+    """For each image, in order: None if it decodes, else the one-line DataError saying why
+    (`mlic data stats --verify` and `mlic data check` both decode this way)."""
+
+    def error(path: Path) -> str | None:
         try:
             open_rgb(path)
-            return True
-        except DataError:
-            return False
+            return None
+        except DataError as exc:
+            return str(exc)
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        ok = np.fromiter(pool.map(readable, paths), dtype=bool, count=len(paths))
-    return [paths[i].name for i in np.flatnonzero(~ok)]
+        return list(pool.map(error, paths))
