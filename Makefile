@@ -1,9 +1,12 @@
-# The two commands of the README. Each creates (or reuses) the local virtual environment .venv.
+# The two commands of the README (in full: docs/reproduce.md). Each creates (or reuses) the local
+# virtual environment .venv.
 #   make reproduce   train every configuration of the paper's tables, then build tables + figures
+#                    and the results block of docs/results.md
 #   make test        lint, unit tests and the notebooks (pytest --nbval-lax)
 # Pass options to `mlic reproduce` with ARGS, e.g.  make reproduce ARGS="--only table4 --seeds 3"
 # A fresh clone's run records are complete, so `make reproduce` trains nothing and only rebuilds
-# the report; `make reproduce ARGS=--retrain` trains every run again from scratch.
+# the report (byte for byte the same); `make reproduce ARGS=--retrain` trains every run again
+# from scratch.
 
 # Any Python 3.11-3.13 (pyproject.toml's requires-python); CI runs PYTHON=python3.11.
 PYTHON ?= python3

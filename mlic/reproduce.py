@@ -317,11 +317,11 @@ def build_outputs(results: Path, family: str) -> None:
         results / "executed" / "walkthrough.ipynb",
         {
             "run_dir": notebook_path(results / "runs" / "coco448-resnest-dual"),
-            "out_dir": notebook_path(results),  # its figures and attention share, for the README
+            "out_dir": notebook_path(results),  # its figures and attention share, for docs/
         },
         label="walkthrough",
     )
     if family == "embedded" and results == (REPO_ROOT / "results").resolve():
-        from mlic.report import update_readme
+        from mlic.report import RESULTS_PAGE, update_readme
 
-        update_readme(REPO_ROOT / "README.md", results)  # the README shows what results/ holds
+        update_readme(REPO_ROOT / RESULTS_PAGE, results)  # the page shows what results/ holds

@@ -62,7 +62,7 @@ def test_reproduce_with_the_paper_preset_and_a_data_root_runs_through(tiny_embed
     shrunk: it trains, reports and executes the notebooks; the report refuses the shrunk
     records as the paper's configuration and says why, instead of filling the paper's cells."""
     results = tmp_path / "results"
-    readme = (ROOT / "README.md").read_bytes()
+    pages = {p: (ROOT / p).read_bytes() for p in ("README.md", "docs/results.md")}
     shrunk = [s for s in SHRUNK if s != "data.num_workers=1"] + ["data.num_workers=0"]
     proc = _mlic("reproduce", "--preset", "paper", "--data-root", str(tiny_embedded_root),
                  "--only", "table3", "--results", str(results), "--set", *shrunk,
@@ -75,4 +75,5 @@ def test_reproduce_with_the_paper_preset_and_a_data_root_runs_through(tiny_embed
     table3 = (results / "tables" / "table3.md").read_text()
     assert "voc448-resnest-dual (config.yaml has data.image_size=32, the paper plan has 448)" in table3
     assert (results / "executed" / "tables.ipynb").is_file()
-    assert (ROOT / "README.md").read_bytes() == readme  # only the embedded default updates it
+    # Only the embedded default into the repository's results/ updates the results page.
+    assert {p: (ROOT / p).read_bytes() for p in pages} == pages

@@ -24,7 +24,7 @@ from mlic.config import load_config
 from mlic.errors import DataError
 from mlic.paper import TABLE1, TABLE4, VOC_CLASSES
 from mlic.plan import pretext_run_for, runs
-from mlic.report import build_report, build_tables, update_readme
+from mlic.report import RESULTS_PAGE, build_report, build_tables, update_readme
 from mlic.report.config_diff import flat
 
 OWN_CLASSES = ["circle", "square", "triangle"]
@@ -438,7 +438,7 @@ def test_captions_say_where_the_backbone_weights_came_from(full, tmp_path):
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "results"
 # Files under results/ that `mlic reproduce` writes beside the report (the walkthrough's): the
-# README block shows them, the report does not write them.
+# results block of docs/results.md shows them, the report does not write them.
 NOT_THE_REPORTS = ("tables/attention_on_objects.json", "figures/walkthrough_*.png")
 
 
@@ -467,10 +467,11 @@ def test_the_committed_results_are_rebuilt_byte_for_byte(tmp_path):
             target = results / path.relative_to(COMMITTED)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-    readme = tmp_path / "README.md"
-    shutil.copyfile(ROOT / "README.md", readme)
+    page = tmp_path / RESULTS_PAGE  # <tmp>/docs/results.md beside <tmp>/results, as in the repo
+    page.parent.mkdir()
+    shutil.copyfile(ROOT / RESULTS_PAGE, page)
     out = build_report(runs_dir, results, "embedded")
-    update_readme(readme, results)
+    update_readme(page, results)
     assert out["missing"] == {} and out["other"] == {}
     for folder in ("tables", "figures"):
         want = sorted(p.relative_to(COMMITTED) for p in (COMMITTED / folder).iterdir())
@@ -478,7 +479,7 @@ def test_the_committed_results_are_rebuilt_byte_for_byte(tmp_path):
         assert got == want
         for rel in want:
             assert (results / rel).read_bytes() == (COMMITTED / rel).read_bytes(), rel
-    assert readme.read_bytes() == (ROOT / "README.md").read_bytes()
+    assert page.read_bytes() == (ROOT / RESULTS_PAGE).read_bytes()
 
 
 def test_a_run_of_another_configuration_is_listed_not_averaged(tmp_path):
@@ -522,7 +523,7 @@ def test_a_run_of_another_configuration_is_listed_not_averaged(tmp_path):
     update_readme(readme, out_dir)
     assert md.strip() in readme.read_text()
 
-    # Once the runs are gone, so is their table (and the README's copy of it).
+    # Once the runs are gone, so is their table (and the results page's copy of it).
     for name in ("coco448-resnest-dual-seed3", "coco448-resnest-dual-seed4"):
         shutil.rmtree(runs_dir / name)
     out = build_report(runs_dir, out_dir, "embedded")

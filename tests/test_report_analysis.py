@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -223,7 +224,7 @@ def test_a_malformed_map_by_size_is_a_one_line_error_naming_the_file(tmp_path):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
-# --------------------------------------------------------------------------- README
+# --------------------------------------------------------------------------- the results block
 
 
 def test_the_readme_block_holds_the_new_tables(tmp_path):
@@ -273,6 +274,35 @@ def test_the_readme_block_shows_the_walkthrough_when_reproduce_saved_it(tmp_path
     assert "431 (image, class) pairs" in text and "checkpoint runs/x/best.pt" in text
     assert "(results/figures/walkthrough_attention.png)" in text
     assert (results / "tables" / SUMMARY_FILE).is_file()
+
+
+def test_the_results_block_links_its_images_relative_to_its_page(tmp_path, monkeypatch):
+    """docs/results.md sits one folder below results/: its pictures are `../results/figures/...`,
+    whether the page and the results are given as absolute paths (`mlic reproduce`) or relative
+    to the working directory (`mlic report --readme docs/results.md`)."""
+    from mlic.visualize import save_figure
+
+    make_table4_runs(tmp_path / "runs", seeds=1)
+    results = tmp_path / "results"
+    build_report(tmp_path / "runs", results)
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    for name, _ in report.WALKTHROUGH_FIGURES:
+        save_figure(fig, results, name)
+    plt.close(fig)
+    page = tmp_path / report.RESULTS_PAGE
+    page.parent.mkdir()
+    page.write_text(f"# Results\n\n{report.README_BEGIN}\n{report.README_END}\n")
+    update_readme(page, results)
+    text = page.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) == 2 + len(report.WALKTHROUGH_FIGURES)  # Figures 5 and 6, the walkthrough's
+    for link in links:
+        assert link.startswith("../results/figures/") and (page.parent / link).is_file(), link
+    monkeypatch.chdir(tmp_path)
+    update_readme(Path("docs") / "results.md", Path("results"))
+    assert page.read_text() == text
 
 
 def test_the_readme_block_names_the_pretext_runs_from_their_records(tmp_path):

@@ -163,11 +163,11 @@ def _string_keys() -> set[str]:
     return {"name", "data.train_split", "data.val_split", "train.device", "train.compile_mode"}
 
 
-def test_the_readme_states_the_limits_the_code_applies():
+def test_the_reliability_page_states_the_limits_the_code_applies():
     from mlic.config_rules import MAX_BATCH, MAX_IMAGE_SIZE, MAX_WIDTH
     from mlic.data.records import MAX_IMAGE_SIDE, MAX_LABEL_ENTRIES
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
     section = text[text.index("- **Bad input**") :]
     assert safeload.MAX_JSON_BYTES == 1 << 30 and "annotation JSON 1 GiB" in section
     assert safeload.MAX_JSON_CONTAINERS == 2**25 and "2^25 arrays and objects" in section

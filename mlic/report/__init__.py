@@ -14,7 +14,7 @@ the other runs table. A record that does not parse is a `DataError` naming the f
 
 Modules, in the order data flows: records (reading, grouping seeds) and config_diff (a record
 against the plan) -> stats, table, captions -> comparison (Tables 1-3), ablation (Tables 4, 4b),
-sizes (Table 5), other_runs -> render (Markdown, CSV, README block), figures -> build.
+sizes (Table 5), other_runs -> render (Markdown, CSV, the block of docs/results.md), figures -> build.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from mlic.report.render import (
     OTHER_RUNS,
     README_BEGIN,
     README_END,
+    RESULTS_PAGE,
     TABLE_FILES,
     WALKTHROUGH_FIGURES,
     csv_text,
@@ -44,6 +45,7 @@ __all__ = [
     "OURS",
     "README_BEGIN",
     "README_END",
+    "RESULTS_PAGE",
     "TABLE_FILES",
     "WALKTHROUGH_FIGURES",
     "Collected",

@@ -1,9 +1,11 @@
 """A `Table` as Markdown (cells as printed: "mean ± std (n=k)", signed differences) and as CSV
-(numbers, two decimals), written atomically; the README's results block spliced from them."""
+(numbers, two decimals), written atomically; the results page's block (docs/results.md) spliced
+from them."""
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +102,7 @@ def write(path: Path, data: str | bytes) -> None:
     atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
-# --------------------------------------------------------------------------- the README block
+# --------------------------------------------------------------------------- the results block
 
 
 WALKTHROUGH_FIGURES = (
@@ -109,8 +111,15 @@ WALKTHROUGH_FIGURES = (
     ("walkthrough_attention", "Walkthrough: where the query of each true class looks "
      "(last decoder layer's cross-attention over the feature-map tokens)"),
 )  # fmt: skip
-README_BEGIN = "<!-- results:begin (written by `mlic report --readme README.md`) -->"
+RESULTS_PAGE = Path("docs") / "results.md"  # the project's results page, from the repository root
+README_BEGIN = "<!-- results:begin (written by `mlic report --readme docs/results.md`) -->"
 README_END = "<!-- results:end -->"
+
+
+def link(target: Path, page: Path) -> str:
+    """`target` as a Markdown link written in `page`: relative to the page's folder, so the
+    picture shows wherever the page lives (docs/results.md links `../results/figures/...`)."""
+    return Path(os.path.relpath(Path(target).absolute(), Path(page).absolute().parent)).as_posix()
 
 
 def walkthrough_block(readme: Path, out_dir: Path) -> list[str]:
@@ -131,7 +140,7 @@ def walkthrough_block(readme: Path, out_dir: Path) -> list[str]:
     for name, caption in WALKTHROUGH_FIGURES:
         path = out_dir / "figures" / f"{name}.png"
         if path.is_file():
-            parts.append(f"![{caption}]({path.relative_to(readme.parent).as_posix()})")
+            parts.append(f"![{caption}]({link(path, readme)})")
     return parts
 
 
@@ -158,9 +167,10 @@ def pretext_block(out_dir: Path) -> list[str]:
 
 
 def update_readme(readme: Path, out_dir: Path) -> None:
-    """Put the built tables and figures between the README's results markers, so the README
-    shows exactly what `results/` holds (a test checks they agree). The other runs table is
-    shown after the tables while the report writes one."""
+    """Put the built tables and figures between the results markers of the Markdown file
+    `readme` (the project's is docs/results.md), so that page shows exactly what `results/`
+    holds (a test checks they agree). The other runs table is shown after the tables while the
+    report writes one. Image links are relative to the page's folder."""
     text = Path(readme).read_text()
     if README_BEGIN not in text or README_END not in text:
         raise DataError(f"{readme}: no results markers ({README_BEGIN} ... {README_END})")
@@ -172,8 +182,7 @@ def update_readme(readme: Path, out_dir: Path) -> None:
         ("figure5_loss", "Figure 5. Training loss of ours by epoch"),
         ("figure6_map", "Figure 6. Validation mAP of ours by epoch, model and EMA"),
     ):
-        rel = (Path(out_dir) / "figures" / f"{name}.png").relative_to(Path(readme).parent)
-        parts.append(f"![{caption}]({rel.as_posix()})")
+        parts.append(f"![{caption}]({link(Path(out_dir) / 'figures' / f'{name}.png', readme)})")
     parts.extend(pretext_block(Path(out_dir)))
     parts.extend(walkthrough_block(Path(readme), Path(out_dir)))
     head, rest = text.split(README_BEGIN, 1)
