@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # torch only where a model runs: the report reads SUMMARY_FIL
 
     from mlic.data.base import MultiLabelDataset
 
-SUMMARY_FILE = "attention_on_objects.json"  # in <results>/tables/, read by the README block
+SUMMARY_FILE = "attention_on_objects.json"  # in <results>/tables/, read by docs/results.md's block
 SUBCELLS = 8  # each token cell is sampled on an 8 x 8 grid to find the share a box covers
 
 

@@ -1,7 +1,7 @@
 """CPU runtime settings for training and evaluation on the CPU: denormal floats flushed to
 zero, and how many threads torch uses (`train.num_threads`).
 
-Why (measured on the 2-core machine; README "Performance"):
+Why (measured on the 2-core machine; docs/performance.md):
 - Denormals: values below float32's smallest normal number (1.2e-38) take a slow microcode
   path on x86 CPUs. Flushing them to zero (the FTZ/DAZ bits, `torch.set_flush_denormal`)
   changes only such values, so it costs nothing and removes the risk of a run slowing down as

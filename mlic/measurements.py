@@ -1,7 +1,7 @@
 """The paper model's GPU figures, as data: what `mlic data check` compares a card and a
 dataset against (memory need, epoch time). Measured on one NVIDIA H200 on 2026-11-27
-(`benchmarks/gpu_check.sh` and `benchmarks/train_step.py --compile default`; README
-"Performance" gives the full tables). Everything else (other cards, other backbones or heads,
+(`benchmarks/gpu_check.sh` and `benchmarks/train_step.py --compile default`;
+docs/performance.md gives the full tables). Everything else (other cards, other backbones or heads,
 576 px training, several GPUs, full COCO epochs) is not measured: the estimates built from these
 numbers say so.
 

@@ -2,7 +2,7 @@
 
 Typed in from the paper's text (its tables are plain text in the extraction). Every number
 keeps the text as printed (so 87.0 stays 87.0, with its one decimal) and where it comes from.
-Nothing else in the project types a paper number: the report, the notebooks and the README
+Nothing else in the project types a paper number: the report, the notebooks and the docs
 read them from here. `tests/test_paper.py` checks them against the paper's text and against
 each other.
 

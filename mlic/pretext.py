@@ -2,7 +2,7 @@
 
 The paper fine-tunes backbones pretrained on ImageNet. The embedded plan has neither ImageNet
 nor a network, and trained from scratch its miniature learned the shapes (half of what a class
-is) only after about 10 epochs, far past its time budget (README, "Deviations"). So each
+is) only after about 10 epochs, far past its time budget (docs/deviations.md). So each
 backbone of the embedded family is pretrained once, on the embedded dataset's pretext tree
 (one object of any class per image: `mlic.data.embedded`), with the GAP head, and every run of
 the plan loads it through `model.pretrained_file`. As with ImageNet, the pretraining images

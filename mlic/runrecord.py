@@ -1,4 +1,4 @@
-"""The run record: the contract between training and the report (README, "Layout").
+"""The run record: the contract between training and the report (docs/model.md, "The run record").
 
 `<run_dir>/config.yaml`, `history.csv`, `iterations.csv` (optional), `metrics.json` and
 `checkpoints/{last,best}.pt`. Every file is written atomically (temp file + rename), so a

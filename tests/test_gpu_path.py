@@ -116,8 +116,8 @@ def test_accumulation_over_micro_batches_equals_one_big_batch(k):
 
 
 def test_the_batch_attention_sees_only_the_micro_batch():
-    """The dual head is batch-dependent: accumulation changes its gradients (hence the README
-    note and metrics.json's micro_batch_size)."""
+    """The dual head is batch-dependent: accumulation changes its gradients (hence the note in
+    docs/performance.md and metrics.json's micro_batch_size)."""
     big = _tiny(dropout=0.0)
     big.backbone.eval()
     small = copy.deepcopy(big)

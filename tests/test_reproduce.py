@@ -207,7 +207,7 @@ def test_executed_notebooks_name_no_machine_folder_and_no_clock_time(tmp_path):
 def test_an_interrupted_run_of_the_same_configuration_is_kept_for_the_notebook_to_resume(
     tmp_path, monkeypatch
 ):
-    # README: "an interrupted reproduction continues where it stopped" (train.ipynb resumes
+    # docs/reproduce.md: "an interrupted reproduction continues where it stopped" (train.ipynb resumes
     # from the run's last checkpoint), so its directory must survive the skip check.
     import mlic.reproduce as reproduce
 

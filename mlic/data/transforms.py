@@ -6,7 +6,7 @@ comes BEFORE RandAugment so that augmentation costs O(S^2), not O(original size)
 
 The engine asks for uint8 tensors (`uint8=True`) and finishes them on its device with
 `to_model_input`: loader workers then ship 4x fewer bytes (measured +15-30 % images/s through
-a DataLoader at 448 px, `benchmarks/input_pipeline.py`; README, Performance), and the numbers
+a DataLoader at 448 px, `benchmarks/input_pipeline.py`; docs/performance.md), and the numbers
 are the same bits as the float pipeline's, because the same two torchvision functions run, only
 later.
 """
