@@ -73,7 +73,10 @@ def test_reproduce_with_the_paper_preset_and_a_data_root_runs_through(tiny_embed
         assert metrics["complete"] is True and metrics["dataset"] == "voc"
         assert (results / "executed" / f"train-{name}.ipynb").is_file()
     table3 = (results / "tables" / "table3.md").read_text()
-    assert "voc448-resnest-dual (config.yaml has data.image_size=32, the paper plan has 448)" in table3
+    missing = (
+        "voc448-resnest-dual (not the paper plan's configuration, data.image_size: 32 (plan: 448)"
+    )
+    assert missing in table3
     assert (results / "executed" / "tables.ipynb").is_file()
     # Only the embedded default into the repository's results/ updates the results page.
     assert {p: (ROOT / p).read_bytes() for p in pages} == pages
