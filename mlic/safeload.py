@@ -21,7 +21,7 @@ import yaml
 
 from mlic.errors import DataError, MlicError, one_line
 
-# The limits (README "Data", "Bad input" lists them). Sizes in bytes.
+# The limits (docs/reliability.md, "Bad input", lists them). Sizes in bytes.
 MAX_JSON_BYTES = 1 << 30  # 1 GiB: COCO's instances_train2014.json is 0.33 GB
 MAX_YAML_BYTES = 1 << 20  # 1 MiB: a resolved config.yaml is about 2 KB
 MAX_TEXT_BYTES = 64 << 20  # 64 MiB: VOC image-set lists, classes.txt

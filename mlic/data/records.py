@@ -19,7 +19,7 @@ import numpy as np
 
 from mlic.errors import DataError
 
-# Limits on what an annotation may make us allocate (README "Data", "Bad input").
+# Limits on what an annotation may make us allocate (docs/reliability.md, "Bad input").
 MAX_LABEL_ENTRIES = 1 << 28  # images x classes: 1 GiB of float32 targets (COCO: 6.6 M)
 MAX_IMAGE_SIDE = 100_000  # px, an annotated width or height
 
