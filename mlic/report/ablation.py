@@ -106,8 +106,8 @@ def table4(collected: Collected) -> Table:
             + EPOCH_NOTE,
             "The dual-branch rows use the official BatchFormerV2 layer (model.batchformer: "
             "separate). The last row goes beyond the paper: the same model with the branch "
-            "reusing encoder layer 0's weights (shared), the paper's other reading (README, "
-            "Deviations); the paper has no number for it.",
+            "reusing encoder layer 0's weights (shared), the paper's other reading "
+            "(docs/deviations.md); the paper has no number for it.",
             paper.table4_discrepancy_note(),
         ],
         missing=missing_line(collected, list(fed.values())),
