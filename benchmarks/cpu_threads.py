@@ -34,7 +34,9 @@ POLICIES: dict[str, tuple[int, dict[str, str]]] = {
 CHILD = """
 import sys, time, torch
 from mlic.config import load_config
-from mlic.engine import build_ema, build_optimizer, make_runtime, training_step
+from mlic.engine import training_step
+from mlic.optim import build_ema, build_optimizer
+from mlic.runtime import make_runtime
 from mlic.losses import AsymmetricLoss
 from mlic.models import build_model_from_config
 preset, threads, warmup, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

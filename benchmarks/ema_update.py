@@ -22,8 +22,8 @@ from train_step import Q2LStyleEma, device_name, synchronize  # noqa: E402
 
 from mlic.config import load_config  # noqa: E402
 from mlic.ema import ForeachEma  # noqa: E402
-from mlic.engine import resolve_device  # noqa: E402
 from mlic.models import build_model_from_config  # noqa: E402
+from mlic.runtime import resolve_device  # noqa: E402
 
 
 def time_updates(ema, model: torch.nn.Module, device: torch.device, n: int) -> float:

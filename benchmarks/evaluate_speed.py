@@ -1,6 +1,6 @@
 """Images/s of evaluation: the paper's model in eval mode, no grad, autocast as the engine does.
 
-What `mlic evaluate` spends on the network: `mlic.engine.predict`'s loop body - the
+What `mlic evaluate` spends on the network: `mlic.inference.predict_dataset`'s loop body - the
 model under the engine's autocast, then sigmoid and the copy of the scores to the host - on a
 fixed synthetic batch already on the device, at each image size asked for:
 
@@ -42,9 +42,9 @@ from train_step import (  # noqa: E402  (a sibling script, not a package)
 )
 
 from mlic.config import Config, load_config  # noqa: E402
-from mlic.engine import Runtime, make_runtime  # noqa: E402
 from mlic.errors import MlicError  # noqa: E402
 from mlic.models import build_model_from_config  # noqa: E402
+from mlic.runtime import Runtime, make_runtime  # noqa: E402
 
 COLUMNS = (
     "configuration",
@@ -112,7 +112,8 @@ def time_eval(
     def batch() -> torch.Tensor:
         with rt.autocast():
             logits = net(images)  # [B, K]
-        return torch.sigmoid(logits.float()).cpu()  # as mlic.engine.predict: scores to the host
+        # As mlic.inference.predict_dataset: the scores go to the host.
+        return torch.sigmoid(logits.float()).cpu()
 
     t0 = time.perf_counter()
     batch()  # the first batch: compilation (when compiled), cuDNN autotuning

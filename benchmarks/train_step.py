@@ -52,10 +52,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from mlic.compilation import resolve_compile
 from mlic.config import Config, load_config
 from mlic.distributed import DistInfo
-from mlic.engine import Runtime, build_ema, make_runtime, param_groups, training_step
+from mlic.engine import training_step
 from mlic.errors import MlicError
 from mlic.losses import AsymmetricLoss
 from mlic.models import build_model_from_config
+from mlic.optim import build_ema, param_groups
+from mlic.runtime import Runtime, make_runtime
 
 # An H100's dense bf16 matrix-product rate as measured on this workplace's device (8192^3
 # bf16 matmul, KINDS.md: 769-798 TFLOP/s). Only used for the "% of peak" column on CUDA.

@@ -306,7 +306,7 @@ def _cmd_train(args) -> None:
     run_dir = Path(args.run_dir or Path("results") / "runs" / cfg.name)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 owns the run directory
         check_new_run(run_dir, resume=args.resume, overwrite=args.overwrite)
-    from mlic.engine import fit
+    from mlic.fit import fit
 
     metrics = fit(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
     best, last = metrics["best"], metrics["last"]
@@ -318,7 +318,7 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from mlic.engine import evaluate_checkpoint
+    from mlic.evaluate import evaluate_checkpoint
 
     m = evaluate_checkpoint(
         args.path,
@@ -424,7 +424,7 @@ def _cmd_predict(args) -> None:
 
 
 def _cmd_calibrate(args) -> None:
-    from mlic.engine import load_trained
+    from mlic.inference import load_trained
     from mlic.thresholds import calibrate, describe
 
     data = {"root": args.data_root} if args.data_root else {}

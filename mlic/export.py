@@ -33,8 +33,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mlic.config_rules import MAX_IMAGE_SIZE, RULES
 from mlic.errors import MlicError, OutputError, one_line
+from mlic.inference import checkpoint_of, load_trained
+from mlic.models.build import build_model
+from mlic.outputs import check_out
 from mlic.runrecord import atomic_write_text
+from mlic.thresholds import read_thresholds, thresholds_path
 
 ExportFormat = Literal["onnx", "torchscript"]
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -83,8 +88,6 @@ class CheckedScores(nn.Module):
 def deployed_network(model: nn.Module) -> nn.Module:
     """The eval-mode network without the BatchFormerV2 layer: rebuilt as the plain transformer
     head and loaded from `deployed_state_dict` (same logits; see the model's docstring)."""
-    from mlic.models.build import build_model
-
     arch = dict(model.arch)
     if arch["head"] == "dual":
         arch["head"] = "transformer"
@@ -118,11 +121,6 @@ def export_run(
     Both files are written atomically: a failed export (a full disk included) leaves neither.
     An `out` (or the spec beside it) that is an input or a run record's file is refused, an
     existing one replaced only with `force`; the default files under <run>/export/ always."""
-    from mlic.config_rules import MAX_IMAGE_SIZE, RULES
-    from mlic.engine import checkpoint_of, load_trained
-    from mlic.outputs import check_out
-    from mlic.thresholds import read_thresholds, thresholds_path
-
     if fmt not in SUFFIX:
         raise ExportError(f"--format {fmt!r}: choose one of {', '.join(SUFFIX)}")
     if image_size is not None:  # bounded like data.image_size (0 is refused, not the default)
@@ -307,7 +305,7 @@ class ExportedModel:
         if not self.path.is_file():
             raise ExportError(f"{self.path}: exported model not found")
         if self.spec["model_format"] == "onnx":
-            import onnxruntime as ort
+            import onnxruntime as ort  # optional: the `export` extra
 
             try:
                 self._session = ort.InferenceSession(

@@ -58,7 +58,7 @@ def _to_numpy(x: ArrayLike) -> np.ndarray:
     return np.asarray(x)
 
 
-def _prepare(
+def prepare_arrays(
     scores: ArrayLike, targets: ArrayLike, ignore: ArrayLike | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores as float [N, K], targets and the valid mask as bool [N, K]; refuse bad input."""
@@ -127,7 +127,7 @@ def average_precision(
     `ignore` (bool [N, K]) leaves entries out entirely. Tied scores count with the expectation
     over their orders (module docstring), so the result does not depend on the input order.
     """
-    s, t, valid = _prepare(scores, targets, ignore)
+    s, t, valid = prepare_arrays(scores, targets, ignore)
     n, k = s.shape
     if n == 0:
         return np.full(k, np.nan)
@@ -219,7 +219,7 @@ def map_by_size(
     medium, large ({map, num_positives, num_classes}), num_positives_without_area, rule,
     reference_image_px, limits_px2, limits_fraction.
     """
-    s, t, valid = _prepare(scores, targets, ignore)
+    s, t, valid = prepare_arrays(scores, targets, ignore)
     frac = np.asarray(_to_numpy(largest_area_fraction), dtype=np.float64)
     if frac.shape != s.shape:
         raise ValueError(
@@ -273,7 +273,7 @@ def threshold_metrics(
     probs: ArrayLike, targets: ArrayLike, threshold: float = 0.5, ignore: ArrayLike | None = None
 ) -> dict[str, float]:
     """CP, CR, CF1, OP, OR, OF1 in % for labels with prob >= threshold (ML-GCN's convention)."""
-    p, t, valid = _prepare(probs, targets, ignore)
+    p, t, valid = prepare_arrays(probs, targets, ignore)
     _check_probs(p, valid)
     return _counts_to_metrics((p >= threshold) & valid, t)
 
@@ -283,7 +283,7 @@ def threshold_metrics_per_class(
 ) -> dict[str, float]:
     """CP, CR, CF1, OP, OR, OF1 in % with a threshold per class (`thresholds` [K], each in
     [0, 1]): class k is predicted when prob >= thresholds[k] (e.g. `mlic.thresholds`)."""
-    p, t, valid = _prepare(probs, targets, ignore)
+    p, t, valid = prepare_arrays(probs, targets, ignore)
     _check_probs(p, valid)
     th = np.asarray(_to_numpy(thresholds), dtype=np.float64)
     if th.shape != (p.shape[1],):
@@ -303,7 +303,7 @@ def topk_metrics(
     """The six metrics in % when each image predicts its k best labels that pass the threshold."""
     if not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be a positive integer; got {k!r}")
-    p, t, valid = _prepare(probs, targets, ignore)
+    p, t, valid = prepare_arrays(probs, targets, ignore)
     _check_probs(p, valid)
     masked = np.where(valid, p, -np.inf)
     top = np.argsort(-masked, axis=1, kind="stable")[:, :k]  # [N, k]; ties -> lower index
@@ -333,7 +333,7 @@ def compute_metrics(
     AP is computed from `probs`; where sigmoid saturation makes ties, pass logits to
     `average_precision` instead (module docstring).
     """
-    p, t, valid = _prepare(probs, targets, ignore)
+    p, t, valid = prepare_arrays(probs, targets, ignore)
     _check_probs(p, valid)
     k = p.shape[1]
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]

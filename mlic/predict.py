@@ -30,13 +30,19 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, SequentialSampler
 from tqdm import tqdm
 
+from mlic.compilation import Compiler
+from mlic.config_rules import batch_pixels_problem
 from mlic.data.images import open_rgb
 from mlic.data.transforms import build_transforms
 from mlic.errors import DataError, MlicError
+from mlic.inference import Trained, checkpoint_of, forward, load_trained
+from mlic.loaders import build_loader, images_to_device
+from mlic.outputs import check_out
 from mlic.runrecord import atomic_write_text
+from mlic.thresholds import read_thresholds, threshold_vector, thresholds_path
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -169,21 +175,20 @@ class Predictions:
 
 @torch.no_grad()
 def predict_files(
-    trained, files: Sequence[Path], *, batch_size: int | None = None, progress: bool = False
+    trained: Trained,
+    files: Sequence[Path],
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
 ) -> tuple[list[Path], np.ndarray, list[tuple[str, str]]]:
     """(files predicted, scores [N, K], skipped (file, reason)) for a loaded run (`Trained`),
-    through the engine's evaluation path (its loader, device copy, autocast and compiled forward)."""
-    from torch.utils.data import SequentialSampler
-
-    from mlic.compilation import Compiler
-    from mlic.engine import _forward, _images_to_device, _loader
-
+    through the evaluation path (its loader, device copy, autocast and compiled forward)."""
     cfg, rt, model = trained.cfg, trained.rt, trained.model
     model.eval()
     compiler = rt.compiler or Compiler(False)
     net = compiler.wrap(model)  # compiled on CUDA as in evaluation; eager after a failure
     dataset = ImageFiles(files, build_transforms(cfg.data, train=False, uint8=True))
-    loader = _loader(
+    loader = build_loader(
         dataset, batch_size or cfg.train.eval_batch_size, SequentialSampler(dataset), cfg, rt,
         train=False,
     )  # fmt: skip
@@ -197,8 +202,8 @@ def predict_files(
         skipped.extend((dataset.files[i], reason) for i, reason in failed)
         if not positions:
             continue
-        images = _images_to_device(images, rt, cfg.data)
-        logits = compiler.run(net, _forward, images, rt)  # [B, K]
+        images = images_to_device(images, rt, cfg.data)
+        logits = compiler.run(net, forward, images, rt)  # [B, K]
         scores.append(torch.sigmoid(logits.float()).cpu())
         done.extend(positions)
     k = len(trained.class_names)
@@ -207,7 +212,11 @@ def predict_files(
 
 
 def predict_images(
-    trained, inputs: Sequence[str | Path], *, batch_size: int | None = None, progress: bool = False
+    trained: Trained,
+    inputs: Sequence[str | Path],
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
 ) -> Predictions:
     """Discover `inputs` (files, folders, globs) and score every readable image."""
     found = discover_images(inputs)
@@ -322,11 +331,6 @@ def run_predict(
     it is one of the command's inputs or a run record's file, and when it exists without
     `force` (mlic/outputs.py).
     """
-    from mlic.config_rules import batch_pixels_problem
-    from mlic.engine import checkpoint_of, load_trained
-    from mlic.outputs import check_out
-    from mlic.thresholds import read_thresholds, threshold_vector, thresholds_path
-
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     if fmt not in FORMATS:

@@ -30,17 +30,23 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from mlic.data import MultiLabelDataset, build_dataset, build_transforms
+from mlic.data.checks import require_labels
+from mlic.data.holdout import split_holdout
+from mlic.distributed import DistInfo
 from mlic.errors import MlicError
-from mlic.metrics import ArrayLike, _prepare, threshold_metrics_per_class
+from mlic.inference import Trained, load_trained, predict_dataset
+from mlic.metrics import ArrayLike, prepare_arrays, threshold_metrics_per_class
+from mlic.outputs import check_out
 from mlic.runrecord import write_json
-
-if TYPE_CHECKING:
-    from mlic.engine import Runtime, Trained
+from mlic.runtime import Runtime
+from mlic.safeload import load_json
 
 FORMAT = "mlic-thresholds-1"
 FILE_NAME = "thresholds.json"
@@ -60,7 +66,7 @@ def f1_thresholds(
     scores: ArrayLike, targets: ArrayLike, ignore: ArrayLike | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(thresholds [K], best F1 in % [K]; NaN where a class has no positives): the rule above."""
-    s, t, valid = _prepare(scores, targets, ignore)
+    s, t, valid = prepare_arrays(scores, targets, ignore)
     k = s.shape[1]
     thresholds = np.full(k, DEFAULT_THRESHOLD, dtype=np.float64)
     best_f1 = np.full(k, np.nan)
@@ -144,8 +150,6 @@ def read_thresholds(path: str | Path, trained: Trained | None = None) -> dict[st
     field by field (what predict, evaluate and export use); given `trained`, it must be made
     for the same class names and the same checkpoint file and epoch. Every problem is one
     ThresholdsError naming the file."""
-    from mlic.safeload import load_json
-
     path = Path(path)
     if not os.path.lexists(path):
         raise ThresholdsError(f"{path}: no thresholds file; run `mlic calibrate` on the run first")
@@ -228,11 +232,6 @@ def calibration_dataset(cfg, split: str | None = None):
     """(dataset, description dict) of the images that choose the thresholds for `cfg`:
     `split` if given, else the held-out part of the training split when
     data.calibration_fraction > 0, else the validation split."""
-    from dataclasses import replace
-
-    from mlic.data import MultiLabelDataset, build_dataset, build_transforms
-    from mlic.data.holdout import split_holdout
-
     data = cfg.data
     if split:
         dataset = build_dataset(replace(data, val_split=split), "val", uint8=True)
@@ -278,10 +277,6 @@ def calibrate(
     directory unless `out`); returns (record, path). An `out` that is an input (the checkpoint,
     the dataset's files) or another run record's file is refused, an existing one replaced only
     with `force` (mlic/outputs.py); the run's own thresholds.json is always replaced."""
-    from mlic.data.checks import require_labels
-    from mlic.engine import predict
-    from mlic.outputs import check_out
-
     own = thresholds_path(trained.run_dir) if trained.run_dir is not None else None
     if out is None:
         if own is None:
@@ -301,7 +296,7 @@ def calibrate(
             f"{trained.checkpoint}: the checkpoint's {len(trained.class_names)} classes differ "
             f"from the {len(dataset.class_names)} classes of {chosen_on['split']}"
         )
-    scores, targets, ignore = predict(
+    scores, targets, ignore = predict_dataset(
         trained.model, dataset, trained.cfg, trained.rt, progress=progress
     )
     record = calibration_record(
@@ -319,11 +314,6 @@ def calibrate(
 def calibrate_after_training(run_dir: Path, rt: Runtime) -> tuple[dict[str, Any], Path]:
     """End of `fit`: thresholds for the checkpoint that predict/evaluate will load (best.pt,
     else last.pt), computed in this process alone (no collective calls under DDP)."""
-    from dataclasses import replace
-
-    from mlic.distributed import DistInfo
-    from mlic.engine import load_trained
-
     local = replace(rt, dist=DistInfo())
     trained = load_trained(run_dir, device=str(rt.device), rt=local)
     return calibrate(trained)

@@ -100,7 +100,7 @@ def tiny_run(tiny_embedded_root, tmp_path_factory):
     """A finished one-epoch run on the tiny embedded dataset (with thresholds.json); read-only:
     copy it before changing anything."""
     from mlic.config import load_config
-    from mlic.engine import fit
+    from mlic.fit import fit
 
     run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
     cfg = load_config("embedded", [*TINY_RUN, f"data.embedded_root={tiny_embedded_root}"])

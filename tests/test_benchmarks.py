@@ -185,7 +185,7 @@ def test_the_engine_imports_without_the_annotation_libraries(tmp_path):
     for name in ("pycocotools", "defusedxml"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text(f"raise ImportError('{name} blocked')\n")
-    code = "import mlic.engine, mlic.models, mlic.losses, mlic.data.coco"
+    code = "import mlic.engine, mlic.fit, mlic.optim, mlic.models, mlic.losses, mlic.data.coco"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=120)  # fmt: skip

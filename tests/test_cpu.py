@@ -11,8 +11,8 @@ import torch
 
 from mlic.config import load_config
 from mlic.cpu import auto_threads, configure_cpu
-from mlic.engine import make_runtime
 from mlic.errors import ConfigError
+from mlic.runtime import make_runtime
 
 
 def _denormal_survives() -> bool:

@@ -124,7 +124,8 @@ def test_train_predict_on_a_csv_dataset_and_own_coco_splits(tiny_embedded_root, 
     """Class names come from the data, num_classes follows, and the run record carries them."""
     from conftest import TINY_RUN
 
-    from mlic.engine import fit, load_trained
+    from mlic.fit import fit
+    from mlic.inference import load_trained
     from mlic.predict import predict_images
 
     csv_dir = tmp_path / "csv"

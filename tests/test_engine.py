@@ -14,8 +14,10 @@ import torch
 from mlic.checkpoint import load_checkpoint, save_checkpoint
 from mlic.config import load_config
 from mlic.distributed import DistInfo, ShardSampler, gather_by_index
-from mlic.engine import NonFiniteLoss, evaluate_checkpoint, fit
+from mlic.engine import NonFiniteLoss
 from mlic.errors import CheckpointError, MlicError
+from mlic.evaluate import evaluate_checkpoint
+from mlic.fit import fit
 from mlic.runrecord import HISTORY_COLUMNS, run_lock
 
 TINY = [
@@ -89,9 +91,9 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_metrics(
     _, _, uninterrupted = finished_run
     cfg = tiny_config(tiny_embedded_root, "train.epochs=2", "train.log_iteration_loss=true")
 
-    import mlic.engine as engine
+    import mlic.fit as fitting
 
-    real_loss = engine.AsymmetricLoss
+    real_loss = fitting.AsymmetricLoss
     calls = {"n": 0}
 
     class DiesMidEpoch2(real_loss):
@@ -101,13 +103,13 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_metrics(
                 raise KeyboardInterrupt  # what a kill looks like from inside the loop
             return super().forward(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "AsymmetricLoss", DiesMidEpoch2)
+    monkeypatch.setattr(fitting, "AsymmetricLoss", DiesMidEpoch2)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, tmp_path, progress=False)
     assert not (tmp_path / "metrics.json").exists()
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
 
-    monkeypatch.setattr(engine, "AsymmetricLoss", real_loss)
+    monkeypatch.setattr(fitting, "AsymmetricLoss", real_loss)
     with pytest.raises(MlicError, match="--resume"):
         fit(cfg, tmp_path, progress=False)
     resumed = fit(cfg, tmp_path, resume=True, progress=False)
@@ -135,9 +137,9 @@ def test_second_writer_is_refused(tiny_embedded_root, tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     tiny_embedded_root, tmp_path, monkeypatch
 ):
-    import mlic.engine as engine
+    import mlic.fit as fitting
 
-    real_loss = engine.AsymmetricLoss
+    real_loss = fitting.AsymmetricLoss
     calls = {"n": 0}
 
     class Diverges(real_loss):
@@ -146,7 +148,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
             loss = super().forward(*args, **kwargs)
             return loss * float("nan") if calls["n"] > 6 else loss
 
-    monkeypatch.setattr(engine, "AsymmetricLoss", Diverges)
+    monkeypatch.setattr(fitting, "AsymmetricLoss", Diverges)
     cfg = tiny_config(tiny_embedded_root, "train.epochs=2")
     with pytest.raises(NonFiniteLoss, match="epoch 2"):
         fit(cfg, tmp_path, progress=False)
@@ -171,9 +173,9 @@ def test_evaluate_checkpoint_reproduces_the_run(finished_run):
 def test_best_is_the_best_epoch_not_the_last(tiny_embedded_root, tmp_path, monkeypatch):
     """Epoch 1 is made to look best (its mAP raised by 50 points): metrics.json's top level and
     "best" are epoch 1, "last" is epoch 2, and best.pt holds epoch 1's weights."""
-    import mlic.engine as engine
+    import mlic.fit as fitting
 
-    real_evaluate = engine.evaluate
+    real_evaluate = fitting.evaluate
     calls = {"n": 0}
 
     def evaluate(model, dataset, cfg, rt, progress=False):
@@ -181,12 +183,12 @@ def test_best_is_the_best_epoch_not_the_last(tiny_embedded_root, tmp_path, monke
         out = real_evaluate(model, dataset, cfg, rt, progress)
         return {**out, "map": out["map"] + 50.0} if calls["n"] <= 2 else out
 
-    monkeypatch.setattr(engine, "evaluate", evaluate)
+    monkeypatch.setattr(fitting, "evaluate", evaluate)
     metrics = fit(tiny_config(tiny_embedded_root, "train.epochs=2"), tmp_path, progress=False)
     assert metrics["best"]["epoch"] == 1 and metrics["last"]["epoch"] == 2
     assert metrics["map"] == metrics["best"]["map"] > 50.0 > metrics["last"]["map"]
     assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["epoch"] == 1
-    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    monkeypatch.setattr(fitting, "evaluate", real_evaluate)
     again = evaluate_checkpoint(tmp_path, device="cpu")
     assert again["map"] == pytest.approx(metrics["best"]["map"] - 50.0, abs=1e-9)
     assert again["per_class_ap"] == metrics["best"]["per_class_ap"]  # epoch 1's weights
@@ -316,8 +318,8 @@ def test_torchrun_two_processes_count_every_image_once(tiny_embedded_root, tmp_p
     [("none", True, True), ("norm_bias", False, True), ("norm_bias_queries", False, False)],
 )
 def test_weight_decay_exemption_policies(exempt, decayed_1d, decayed_queries):
-    from mlic.engine import param_groups
     from mlic.models import build_model
+    from mlic.optim import param_groups
 
     model = build_model("resnet10t", "dual", 5, d_model=32, dim_feedforward=64)
     groups = param_groups(model, 0.01, exempt)
@@ -359,8 +361,8 @@ def test_the_batchformer_layer_has_the_official_weight_decay(preset, wanted):
     """Paper presets: the official BatchFormerV2 code's `--bt_decay` 1e-4 for its layer, 1e-2 for
     every other parameter; unset (the embedded preset), the layer decays like the rest."""
     from mlic.config import load_config
-    from mlic.engine import param_groups
     from mlic.models import build_model
+    from mlic.optim import param_groups
 
     cfg = load_config(preset).train
     assert cfg.batchformer_weight_decay == wanted

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mlic.cli import main
-from mlic.engine import load_trained
 from mlic.export import ExportedModel, ExportError, deployed_network, export_run, spec_path
+from mlic.inference import load_trained
 from mlic.models import build_model
 
 # float32 through two runtimes: the measured difference is ~1e-7; allow 1e-5 absolute.

@@ -14,10 +14,13 @@ from torch import nn
 from mlic.compilation import Compiler, resolve_compile
 from mlic.config import load_config, preset_names
 from mlic.distributed import DistInfo
-from mlic.engine import Runtime, build_ema, fit, make_runtime, training_step
+from mlic.engine import training_step
 from mlic.errors import MlicError
+from mlic.fit import fit
 from mlic.losses import AsymmetricLoss
 from mlic.models import build_model
+from mlic.optim import build_ema
+from mlic.runtime import Runtime, make_runtime
 
 CPU = Runtime(torch.device("cpu"), DistInfo(), None, False)
 

@@ -81,7 +81,7 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 # fault; the process exits 2 when every command did. argv[1]: JSON [[fault or "", args], ...].
 MANY = """
 import errno, json, os, sys
-import mlic.engine  # noqa: F401 - imported before any fault, as in a real run
+import mlic.evaluate, mlic.fit  # noqa: F401 - imported before any fault, as in a real run
 from mlic.cli import main
 real_open, real_fsync = os.open, os.fsync
 def inject(name):

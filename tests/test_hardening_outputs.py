@@ -193,7 +193,8 @@ def test_check_out_unit_cases(tmp_path):
 
 
 def test_resume_of_a_finished_run_changes_nothing(run_copy, capsys):
-    from mlic.engine import fit, load_trained
+    from mlic.fit import fit
+    from mlic.inference import load_trained
     from mlic.thresholds import calibrate, thresholds_path
 
     # Thresholds chosen on another split must survive a resume.
@@ -218,13 +219,14 @@ def test_resume_of_a_finished_run_changes_nothing(run_copy, capsys):
 def test_resume_adds_the_wall_seconds_before_the_interruption(
     tiny_embedded_root, tmp_path, monkeypatch
 ):
-    import mlic.engine as engine
+    import mlic.fit as fitting
     from mlic.checkpoint import load_checkpoint
+    from mlic.runstate import wall_seconds_before
 
     cfg = load_config(
         "embedded", [*TINY_RUN, "train.epochs=3", f"data.embedded_root={tiny_embedded_root}"]
     )
-    real = engine.train_one_epoch
+    real = fitting.train_one_epoch
     calls = {"n": 0}
 
     def dies_in_epoch_3(*args, **kwargs):
@@ -233,16 +235,16 @@ def test_resume_adds_the_wall_seconds_before_the_interruption(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_one_epoch", dies_in_epoch_3)
+    monkeypatch.setattr(fitting, "train_one_epoch", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        engine.fit(cfg, tmp_path, progress=False)
+        fitting.fit(cfg, tmp_path, progress=False)
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     before, epochs = state["wall_seconds"], sum(row["seconds"] for row in state["history"])
     assert before >= epochs > 0  # two epochs with their evaluations
-    monkeypatch.setattr(engine, "train_one_epoch", real)
-    metrics = engine.fit(cfg, tmp_path, resume=True, progress=False)
+    monkeypatch.setattr(fitting, "train_one_epoch", real)
+    metrics = fitting.fit(cfg, tmp_path, resume=True, progress=False)
     assert metrics["wall_seconds"] > before  # the first session's time plus this one's
-    assert engine._wall_before({"history": [{"seconds": 2.5}, {"seconds": 1.5}]}) == 4.0
+    assert wall_seconds_before({"history": [{"seconds": 2.5}, {"seconds": 1.5}]}) == 4.0
 
 
 # --------------------------------------------------------------------------- 3. no labels
@@ -251,7 +253,7 @@ def test_resume_adds_the_wall_seconds_before_the_interruption(
 def test_a_split_without_labels_is_one_error_before_any_work(
     tiny_embedded_root, tiny_run, tmp_path, monkeypatch, capsys
 ):
-    import mlic.engine as engine
+    import mlic.fit as fitting
 
     data = tmp_path / "coco"
     shutil.copytree(tiny_embedded_root / "coco", data)
@@ -263,10 +265,10 @@ def test_a_split_without_labels_is_one_error_before_any_work(
     def no_epoch(*args, **kwargs):
         raise AssertionError("an epoch started")
 
-    monkeypatch.setattr(engine, "train_one_epoch", no_epoch)
+    monkeypatch.setattr(fitting, "train_one_epoch", no_epoch)
     cfg = load_config("embedded", [*TINY_RUN, f"data.root={data}"])
     with pytest.raises(DataError, match="val2014.*no labels"):
-        engine.fit(cfg, tmp_path / "run", progress=False)
+        fitting.fit(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "history.csv").exists()
     _refused(capsys, ["evaluate", str(tiny_run), "--data-root", str(data), "--device", "cpu"],
              "instances_val2014.json", "no labels")  # fmt: skip
@@ -321,7 +323,8 @@ def test_bad_thresholds_json_is_ignored_by_evaluate_and_refused_by_predict(
 
 def test_thresholds_json_size_and_kind_are_bounded(run_copy, monkeypatch):
     import mlic.thresholds as thresholds
-    from mlic.engine import evaluate_checkpoint, load_trained
+    from mlic.evaluate import evaluate_checkpoint
+    from mlic.inference import load_trained
 
     trained = load_trained(run_copy, device="cpu")
     path = run_copy / "thresholds.json"
@@ -422,7 +425,7 @@ def test_exif_orientation_in_predict(trained_and_files, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_and_files(tiny_run, tiny_embedded_root):
-    from mlic.engine import load_trained
+    from mlic.inference import load_trained
 
     return (
         load_trained(tiny_run, device="cpu"),
@@ -606,7 +609,7 @@ def test_batch_pixels_are_bounded_before_anything_allocates(tiny_run, image, cap
     with pytest.raises(ConfigError, match="M pixels"):
         load_config("paper-coco-448", [*cpu, "train.batch_size=128"])
     if not torch.cuda.is_available():  # device auto is checked once it resolves to the CPU
-        from mlic.engine import make_runtime
+        from mlic.runtime import make_runtime
 
         with pytest.raises(ConfigError, match="on the CPU, .*M pixels"):
             make_runtime(load_config("embedded", ["data.image_size=1536"]))

@@ -16,7 +16,8 @@ from PIL import Image
 
 from mlic.cli import main
 from mlic.data import build_dataset
-from mlic.engine import evaluate_checkpoint, load_trained, predict
+from mlic.evaluate import evaluate_checkpoint
+from mlic.inference import load_trained, predict_dataset
 from mlic.metrics import compute_metrics
 from mlic.predict import discover_images, predict_images, predicted_labels
 
@@ -43,7 +44,7 @@ def val_files(trained):
 
 def test_predict_equals_the_evaluation_scores(tiny_run, trained, val_files):
     dataset = build_dataset(trained.cfg.data, "val", uint8=True)
-    expected, targets, ignore = predict(trained.model, dataset, trained.cfg, trained.rt)
+    expected, targets, ignore = predict_dataset(trained.model, dataset, trained.cfg, trained.rt)
     # another batch size than the evaluation's, and the files in a shuffled order
     order = np.random.default_rng(0).permutation(len(val_files))
     got = predict_images(trained, [str(val_files[i]) for i in order], batch_size=5)

@@ -48,7 +48,7 @@ def test_gitignore_lets_in_the_shipped_best_checkpoints_and_nothing_else():
 
 
 def test_shipped_checkpoints_are_the_records_best_epochs():
-    from mlic.engine import load_trained
+    from mlic.inference import load_trained
 
     for run in SHIPPED_WEIGHTS:
         path = RUNS / run / "checkpoints" / "best.pt"
@@ -63,7 +63,7 @@ def test_shipped_checkpoints_are_the_records_best_epochs():
 @pytest.mark.parametrize("run", SHIPPED_WEIGHTS)
 def test_evaluate_on_a_shipped_run_reproduces_its_metrics_json(run):
     """What a fresh clone's `mlic evaluate results/runs/RUN` prints is the committed record."""
-    from mlic.engine import evaluate_checkpoint
+    from mlic.evaluate import evaluate_checkpoint
 
     metrics = read_metrics(RUNS / run)
     again = evaluate_checkpoint(RUNS / run, device="cpu", progress=False)

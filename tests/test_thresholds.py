@@ -81,7 +81,7 @@ def test_holdout_is_fixed_disjoint_and_complete():
 
 
 def test_training_writes_thresholds_for_the_checkpoint_that_predict_loads(tiny_run):
-    from mlic.engine import load_trained
+    from mlic.inference import load_trained
 
     record = json.loads((tiny_run / "thresholds.json").read_text())
     assert record["chosen_on"]["kind"] == "val" and record["chosen_on"]["split"] == "val2014"
@@ -94,7 +94,7 @@ def test_training_writes_thresholds_for_the_checkpoint_that_predict_loads(tiny_r
 
 
 def test_stale_or_broken_thresholds_are_refused(tiny_run, tmp_path):
-    from mlic.engine import load_trained
+    from mlic.inference import load_trained
 
     trained = load_trained(tiny_run, device="cpu")
     record = json.loads((tiny_run / "thresholds.json").read_text())
@@ -121,7 +121,7 @@ def test_calibration_fraction_holds_images_out_of_training(tiny_embedded_root, t
     from conftest import TINY_RUN
 
     from mlic.config import load_config
-    from mlic.engine import fit
+    from mlic.fit import fit
 
     cfg = load_config(
         "embedded",
@@ -172,7 +172,7 @@ def test_calibrate_command_and_its_bad_inputs(tiny_run, tmp_path, capsys):
 
 def test_evaluate_reports_both_thresholds_and_skips_stale_ones(tiny_run, tmp_path, capsys):
     from mlic.cli import main
-    from mlic.engine import evaluate_checkpoint
+    from mlic.evaluate import evaluate_checkpoint
 
     m = evaluate_checkpoint(tiny_run, device="cpu", progress=False)
     tuned = m["tuned"]
