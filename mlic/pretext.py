@@ -17,10 +17,12 @@ file is to be trained and the file is missing.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 from mlic.errors import CheckpointError
+from mlic.runrecord import atomic_write_bytes
 
 EPOCHS = 3  # of the pretext tree's 12,000 training images (36,000 images seen)
 PREFIX = "pretext-"
@@ -52,12 +54,11 @@ def overrides(backbone: str, image_size: int, embedded_root: str) -> dict[str, A
 def write_backbone_weights(run_dir: str | Path) -> Path:
     """The backbone's tensors of the run's best checkpoint, as a timm state_dict file that
     `model.pretrained_file` loads strictly."""
-    import io
-
-    import torch  # here, not at the top: the plan (and the torch-free report) import this module
+    # torch (and the checkpoint reader, torch too) here, not at the top: the plan and the
+    # torch-free report import this module.
+    import torch
 
     from mlic.checkpoint import load_checkpoint
-    from mlic.runrecord import atomic_write_bytes
 
     best = Path(run_dir) / "checkpoints" / "best.pt"
     if not best.is_file():
