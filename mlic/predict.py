@@ -40,6 +40,7 @@ from mlic.data.transforms import build_transforms
 from mlic.errors import DataError, MlicError
 from mlic.inference import Trained, checkpoint_of, forward, load_trained
 from mlic.loaders import build_loader, images_to_device
+from mlic.model_card import cautions, image_sides, model_card
 from mlic.outputs import check_out
 from mlic.runrecord import atomic_write_text
 from mlic.thresholds import read_thresholds, threshold_vector, thresholds_path
@@ -269,13 +270,16 @@ def render(
     fmt: Format,
     *,
     header: dict[str, Any],
+    model_line: str = "",
 ) -> str:
-    """The predictions as text in one of FORMATS (stable: input order, classes in model order)."""
+    """The predictions as text in one of FORMATS (stable: input order, classes in model order);
+    `table` starts with `model_line` (what the model knows, `mlic.model_card`) when given."""
     names = preds.class_names
     if fmt == "table":
         shown = [printable(str(f)) for f in preds.files]
         width = max((len(f) for f in shown), default=5)
-        lines = [f"{'image':<{width}}  labels (score)"]
+        lines = [printable(model_line)] if model_line else []
+        lines.append(f"{'image':<{width}}  labels (score)")
         for f, row, chosen in zip(shown, preds.scores, labels, strict=True):
             text = ", ".join(f"{printable(names[c])} ({row[c]:.3f})" for c in chosen) or "-"
             lines.append(f"{f:<{width}}  {text}")
@@ -358,6 +362,7 @@ def run_predict(
             read.append(run_dir / "config.yaml")
         check_out(out, inputs=read + ([source] if source else []), force=force)
     trained = load_trained(path, device=device)
+    card = model_card(trained)
     size = trained.cfg.data.image_size
     problem = batch_pixels_problem(batch_size or trained.cfg.train.eval_batch_size, size, False)
     if problem:
@@ -390,8 +395,19 @@ def run_predict(
             f"no image predicted ({len(preds.skipped)} input(s) skipped)"
             + (f"; {out} not written" if out else "")
         )
-    header = {"checkpoint": str(trained.checkpoint), "epoch": trained.epoch, **rule}
-    text = render(preds, predicted_labels(scores, cut, top_k), fmt, header=header)
+    if fmt != "table":  # the table carries it as its first line, the JSON document in "model"
+        print(f"mlic: {printable(card.line())}", file=stderr)
+    for line in cautions(card, image_sides(files)):
+        print(f"mlic: caution: {printable(line)}", file=stderr)
+    header = {
+        "checkpoint": str(trained.checkpoint),
+        "epoch": trained.epoch,
+        **rule,
+        "model": card.as_dict(),
+    }
+    text = render(
+        preds, predicted_labels(scores, cut, top_k), fmt, header=header, model_line=card.line()
+    )
     if out is not None:
         atomic_write_text(Path(out), text)
     else:

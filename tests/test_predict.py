@@ -156,5 +156,40 @@ def test_tuned_thresholds_top_k_and_formats(tiny_run, trained, val_files, capsys
         assert rec["labels"] == passing[:2]
     main(["predict", str(tiny_run), *files, "--threshold", "0", "--top-k", "1", "--device", "cpu"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:2] == ["image", "labels"] and len(lines) == 6
-    assert all("(" in line and "," not in line.split("  ")[-1] for line in lines[1:])
+    assert lines[0].startswith(f"model: {tiny_run.name} (best epoch ")  # what the model knows
+    assert lines[1].split()[:2] == ["image", "labels"] and len(lines) == 7
+    assert all("(" in line and "," not in line.split("  ")[-1] for line in lines[2:])
+
+
+def test_predict_says_what_the_model_knows_and_when_not_to_trust_it(
+    tiny_run, trained, val_files, tmp_path, capsys
+):
+    """The run's classes and training size travel with the output; a model of the generated
+    dataset, and a photo far larger than the training size, each get one line saying so."""
+    from PIL import Image
+
+    size = trained.cfg.data.image_size
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (size * 10, size * 7), (90, 120, 60)).save(photo)
+    out = tmp_path / "p.json"
+    assert main(["predict", str(tiny_run), str(val_files[0]), str(photo), "--format", "json",
+                 "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    model = json.loads(out.read_text())["model"]
+    assert model["class_names"] == trained.class_names
+    assert (model["image_size"], model["generated_data"]) == (size, True)
+    assert model["run"] == tiny_run.name and model["epoch"] == trained.epoch
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith(f"mlic: model: {tiny_run.name}") for line in err)
+    cautions = [line for line in err if line.startswith("mlic: caution: ")]
+    assert len(cautions) == 2
+    assert "generated shapes" in cautions[0]
+    assert f"1 of 2 image(s) are over 4x the {size} px" in cautions[1]
+    assert f"the largest {size * 10} px" in cautions[1]
+    # an image of the training size from a photo-trained run: no caution at all
+    from dataclasses import replace
+
+    from mlic.model_card import cautions as cautions_of
+    from mlic.model_card import model_card
+
+    photo_run = replace(model_card(trained), generated=False)
+    assert cautions_of(photo_run, [size, 2 * size]) == []
