@@ -2,7 +2,7 @@
 # virtual environment .venv.
 #   make reproduce   train every configuration of the paper's tables, then build tables + figures
 #                    and the results block of docs/results.md
-#   make test        lint, unit tests and the notebooks (pytest --nbval-lax)
+#   make test        lint and format check (ruff), unit tests and the notebooks (pytest --nbval-lax)
 # Pass options to `mlic reproduce` with ARGS, e.g.  make reproduce ARGS="--only table4 --seeds 3"
 # A fresh clone's run records are complete, so `make reproduce` trains nothing and only rebuilds
 # the report (byte for byte the same); `make reproduce ARGS=--retrain` trains every run again
@@ -32,8 +32,9 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check mlic tests benchmarks
+	$(VENV)/bin/ruff format --check .

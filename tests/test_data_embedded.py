@@ -88,7 +88,9 @@ def test_layout_ids_boxes_and_both_trees_agree(tiny_embedded_root):
 
 
 def test_the_dataset_is_hard_in_the_ways_the_paper_cares_about(tmp_path):
-    generate_embedded(tmp_path / "d", seed=1, num_train=300, num_val=4, image_size=64, num_pretext=2)
+    generate_embedded(
+        tmp_path / "d", seed=1, num_train=300, num_val=4, image_size=64, num_pretext=2
+    )
     data = coco_json(tmp_path / "d", "train2014")
     n, k = len(data["images"]), len(CLASSES)
     index = {cid: j for j, cid in enumerate(c["id"] for c in data["categories"])}
