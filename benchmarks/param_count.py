@@ -21,12 +21,12 @@ from mlic.models import build_model
 
 # (label, backbone, head, batchformer): the gap baselines, the Transformer heads, and the dual
 # head with both readings of the BatchFormerV2 branch (separate: the official layer, the presets'
-# default; shared: encoder layer 0's weights reused).
+# default; shared: encoder layer 0's weights reused). Other heads have no branch: the default.
 CONFIGS = [
-    ("ResNet-101 + GAP", "resnet101", "gap", "shared"),
-    ("ResNeSt-101e + GAP", "resnest101e", "gap", "shared"),
-    ("ResNet-101 + Transformer", "resnet101", "transformer", "shared"),
-    ("ResNeSt-101e + Transformer", "resnest101e", "transformer", "shared"),
+    ("ResNet-101 + GAP", "resnet101", "gap", "separate"),
+    ("ResNeSt-101e + GAP", "resnest101e", "gap", "separate"),
+    ("ResNet-101 + Transformer", "resnet101", "transformer", "separate"),
+    ("ResNeSt-101e + Transformer", "resnest101e", "transformer", "separate"),
     ("ResNet-101 + dual (shared)", "resnet101", "dual", "shared"),
     ("ResNeSt-101e + dual (shared)", "resnest101e", "dual", "shared"),
     ("ResNeSt-101e + dual (separate)", "resnest101e", "dual", "separate"),

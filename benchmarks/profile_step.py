@@ -191,7 +191,7 @@ def part_split(
         enc = head.encoder
         rows.append(("encoder layers, image tokens", _fwd_bwd_ms(
             lambda: _encoder_layers(enc, tokens, pos), device, warmup, steps)))  # fmt: skip
-        if enc.batchformer != "none":
+        if enc.batchformer is not None:
             branch = enc.layers[0] if enc.batch_layer is None else enc.batch_layer
             rows.append(("BatchFormerV2 stream (batch attention)", _fwd_bwd_ms(
                 lambda: batch_attention(branch, tokens), device, warmup, steps)))  # fmt: skip

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +50,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mlic.compilation import resolve_compile
-from mlic.config import Config, load_config
+from mlic.config import Config, HeadName, ModelConfig, load_config
 from mlic.distributed import DistInfo
 from mlic.engine import training_step
 from mlic.errors import MlicError
@@ -583,7 +583,10 @@ def measure(
 
 
 def _with_head(cfg: Config, head: str) -> Config:
-    return replace(cfg, model=replace(cfg.model, head=head))
+    model = replace(cfg.model, head=head)
+    if head != "dual":  # model.batchformer applies to the dual head only
+        model = replace(model, batchformer=ModelConfig().batchformer)
+    return replace(cfg, model=model)
 
 
 # --------------------------------------------------------------------------- output
@@ -788,7 +791,7 @@ def parse_row(spec: str, requested: StepConfig, reference: StepConfig) -> StepCo
             sc = replace(sc, accumulation_steps=int(value))
         elif key == "card":
             sc = replace(sc, memory_limit_gib=float(value))
-        elif key == "head" and value in ("dual", "transformer", "gap"):
+        elif key == "head" and value in get_args(HeadName):
             sc = replace(sc, head=value)
         else:
             raise MlicError(f"--row {spec!r}: cannot read {item!r}")

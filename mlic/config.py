@@ -16,12 +16,16 @@ from typing import Any, Literal
 
 import yaml
 
-from mlic.config_rules import problems, short_repr
+from mlic.config_rules import model_problems, problems, short_repr
 from mlic.errors import ConfigError
 from mlic.safeload import BoundedSafeLoader, load_yaml, parse_yaml
 
 DatasetName = Literal["coco", "voc", "csv"]
+# The model's choices, defined here only: mlic.models imports them, and `model_config` checks
+# a direct build_model call against them as a configuration is checked.
 HeadName = Literal["gap", "transformer", "dual"]
+# The dual head's BatchFormerV2 branch; any other head has none (a non-default value there is
+# refused: mlic.config_rules).
 BatchFormerVariant = Literal["shared", "separate"]
 TargetMixing = Literal["area", "union"]
 # Which parameters AdamW does not decay: "none" (Query2Label's main_mlc.py: every parameter),
@@ -108,8 +112,9 @@ class ModelConfig:
     num_decoder_layers: int = 2
     dim_feedforward: int = 8192
     dropout: float = 0.1
-    # "separate": the official BatchFormerV2 layer of its own (default); "shared": encoder layer
-    # 0's weights applied a second time along the batch (README, "Deviations").
+    # Dual head only. "separate": the official BatchFormerV2 layer of its own (default);
+    # "shared": encoder layer 0's weights applied a second time along the batch
+    # (docs/deviations.md).
     batchformer: BatchFormerVariant = "separate"
 
 
@@ -274,18 +279,34 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 def from_dict(raw: dict[str, Any], source: str = "configuration") -> Config:
     """Build a Config, refusing unknown keys and values of the wrong type (naming the key)."""
-    return _build(Config, raw, prefix="", source=source)
+    try:
+        return _build(Config, raw, prefix="")
+    except ConfigError as exc:  # say where the values came from
+        raise ConfigError(f"{source}: {exc}") from None
 
 
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+def model_config(**values: Any) -> ModelConfig:
+    """The `model` section from keyword arguments, checked by the code that checks a Config's:
+    types and choices as `from_dict` reads them, then `mlic.config_rules.model_problems`.
+
+    `mlic.models.build_model` calls it, so a direct call is refused with the same one-line
+    error (naming the `model.*` key) as a configuration holding the same values."""
+    model = _build(ModelConfig, values, prefix="model.")
+    found = model_problems(model)
+    if found:
+        raise ConfigError(found[0])
+    return model
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'configuration'} must be a mapping")
+        raise ConfigError(f"{prefix.rstrip('.') or 'configuration'} must be a mapping")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted((k for k in raw if k not in known), key=str)
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key {short_repr(prefix + str(unknown[0]))}; "
+            f"unknown key {short_repr(prefix + str(unknown[0]))}; "
             f"known keys: {', '.join(sorted(known))}"
         )
     kwargs = {}
@@ -293,32 +314,30 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
         hint = hints[name]
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, prefix=f"{key}.", source=source)
+            kwargs[name] = _build(hint, value, prefix=f"{key}.")
         else:
-            kwargs[name] = _coerce(value, hint, key, source)
+            kwargs[name] = _coerce(value, hint, key)
     try:
-        return cls(**kwargs)
-    except ConfigError as exc:  # validate() in Config.__post_init__: say where the values came from
-        raise ConfigError(f"{source}: {exc}") from None
+        return cls(**kwargs)  # Config.__post_init__ validates (a ConfigError passes through)
     except TypeError as exc:  # pragma: no cover - guarded by the checks above
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(str(exc)) from None
 
 
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check (and gently convert) one value; papermill and YAML hand us strings and tuples."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    bad = ConfigError(f"{source}: {key}={short_repr(value)} is not a valid {_type_name(hint)}")
+    bad = ConfigError(f"{key}={short_repr(value)} is not a valid {_type_name(hint)}")
     if origin is Literal:
         if not isinstance(value, str | int | float | bool | None) or value not in args:
             raise ConfigError(
-                f"{source}: {key}={short_repr(value)} is not one of {', '.join(map(repr, args))}"
+                f"{key}={short_repr(value)} is not one of {', '.join(map(repr, args))}"
             )
         return value
     if origin in (types.UnionType, typing.Union):
         for arg in args:
             try:
-                return _coerce(value, arg, key, source)
+                return _coerce(value, arg, key)
             except ConfigError:
                 continue
         raise bad
@@ -331,7 +350,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             value = list(value)
         if not isinstance(value, list):
             raise bad
-        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise bad

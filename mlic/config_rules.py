@@ -1,9 +1,13 @@
-"""What each configuration value may be: one table of ranges and choices, one list of relations.
+"""What each configuration value may be: one table of ranges, lists of relations between keys.
 
-`mlic.config.validate` applies both to every `Config`, whatever it came from (a preset, a
-config.yaml, `--set`, a checkpoint, a notebook), so no out-of-range value reaches torch, timm
-or the data loaders. A new numeric key gets a line in `RULES` (a test checks that every
-int/float key has one); a check between keys goes into `RELATIONS`.
+The choices of a key are its `Literal` type in `mlic.config` (checked when a value is read);
+everything else is here. `mlic.config.validate` applies the rules to every `Config`, whatever
+it came from (a preset, a config.yaml, `--set`, a checkpoint, a notebook), and
+`mlic.models.build_model` applies the `model.*` ones (`model_problems`, through
+`mlic.config.model_config`) to its keyword arguments, so a direct call is refused by the same
+code with the same message and no out-of-range value reaches torch, timm or the data loaders.
+A new numeric key gets a line in `RULES` (a test checks that every int/float key has one); a
+check between keys goes into `MODEL_RELATIONS` (model keys only) or `RELATIONS`.
 
 Upper bounds exist for every size that allocates memory, so a typo cannot grow the process
 until the kernel kills it; each says its limit in the error.
@@ -11,6 +15,7 @@ until the kernel kills it; each says its limit in the error.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -29,6 +34,9 @@ MAX_WIDTH = 16384  # d_model, dim_feedforward (the paper: 2048, 8192)
 MAX_TRAIN_PIXELS = 1 << 24
 MAX_EVAL_PIXELS = 1 << 26
 KB_PER_PIXEL = {True: 0.9, False: 0.11}  # training, evaluation: the measured upper ends
+# Heads of the "separate" BatchFormerV2 layer: the official code's
+# TransformerEncoderLayer(d_model, 4, d_model, dropout=0.5); mlic.models.transformer builds it.
+BATCHFORMER_LAYER_HEADS = 4
 
 
 @dataclass(frozen=True)
@@ -105,7 +113,10 @@ RULES: dict[str, Range | Pattern] = {
     "data.calibration_fraction": Range(0, 1, high_open=True),
     "model.d_model": Range(1, MAX_WIDTH),
     "model.nhead": Range(1, 256),
-    "model.num_encoder_layers": Range(1, 64),
+    # 0 is a working head for "transformer" (the decoder's queries attend to the projected
+    # backbone tokens directly; it trains every parameter); the dual head needs 1
+    # (MODEL_RELATIONS).
+    "model.num_encoder_layers": Range(0, 64),
     "model.num_decoder_layers": Range(1, 64),
     "model.dim_feedforward": Range(1, 4 * MAX_WIDTH),
     "model.dropout": Range(0, 1, high_open=True),
@@ -134,36 +145,79 @@ RULES: dict[str, Range | Pattern] = {
 }
 
 
-def _d_model_divisible(cfg: Any) -> str | None:
-    m = cfg.model
-    if m.head != "gap" and m.d_model % m.nhead:
-        return f"model.d_model={m.d_model} is not divisible by model.nhead={m.nhead}"
-    return None
-
-
-def _dual_needs_two(cfg: Any) -> str | None:
-    if cfg.model.head == "dual" and cfg.train.batch_size < 2:
+def _branch_follows_encoder_layer_0(m: Any) -> str | None:
+    if m.head == "dual" and m.num_encoder_layers < 1:
         return (
-            f"train.batch_size={cfg.train.batch_size} must be >= 2 for the dual head: "
-            "it attends across the batch"
+            f"model.num_encoder_layers={m.num_encoder_layers}: the dual head needs >= 1 "
+            "(its BatchFormerV2 branch follows encoder layer 0)"
         )
     return None
 
 
-def _accumulation_divides_batch(cfg: Any) -> str | None:
+def _d_model_splits(m: Any) -> str | None:
+    """The Transformer's width must split into its attention heads and the sine positions."""
+    if m.head == "gap":  # no Transformer: the width options are not used
+        return None
+    if m.d_model % m.nhead:
+        return f"model.d_model={m.d_model} is not divisible by model.nhead={m.nhead}"
+    if m.d_model % 2:
+        return (
+            f"model.d_model={m.d_model} must be even: the sine positions give half of it to "
+            "the row, half to the column"
+        )
+    if m.head == "dual" and m.batchformer == "separate" and m.d_model % BATCHFORMER_LAYER_HEADS:
+        return (
+            f"model.d_model={m.d_model} must be divisible by {BATCHFORMER_LAYER_HEADS}: the "
+            f"separate BatchFormerV2 layer has {BATCHFORMER_LAYER_HEADS} heads (official code)"
+        )
+    return None
+
+
+def _batchformer_needs_dual(m: Any) -> str | None:
+    """`batchformer` picks the dual head's branch: any other head has none, so a non-default
+    value there would be silently ignored. Refused rather than warned about: a resolved
+    config.yaml then never records a choice that had no effect. (Changing the keys to
+    head: gap|query + batchformer: none|shared|separate would say this by construction, but
+    would rewrite every committed run record, checkpoint `arch` and the plan.)"""
+    default = next(f.default for f in dataclasses.fields(m) if f.name == "batchformer")
+    if m.head != "dual" and m.batchformer != default:
+        return (
+            f"model.batchformer={m.batchformer!r} applies to the dual head only; "
+            f"model.head={m.head!r} has no BatchFormerV2 branch (set model.head=dual, or leave "
+            f"model.batchformer at its default {default!r})"
+        )
+    return None
+
+
+def training_batch_minimum(head: str, pooled_batch_norm: bool = False) -> tuple[int, str]:
+    """The fewest images a training forward pass accepts, and why (empty when 1).
+
+    The configuration knows the head; whether the backbone batch-normalises a pooled map is
+    known once it is built (`MultiLabelClassifier.min_training_batch` passes it in)."""
+    if head == "dual":
+        return 2, "the dual head attends across the batch (BatchFormerV2)"
+    if pooled_batch_norm:
+        return 2, "ResNeSt's split attention batch-normalises a pooled 1x1 map"
+    return 1, ""
+
+
+def _micro_batch(cfg: Any) -> str | None:
     t = cfg.train
     if t.batch_size % t.accumulation_steps:
         return (
             f"train.accumulation_steps={t.accumulation_steps} must divide "
             f"train.batch_size={t.batch_size}"
         )
-    if cfg.model.head == "dual" and t.batch_size // t.accumulation_steps < 2:
-        return (
-            f"train.accumulation_steps={t.accumulation_steps} leaves micro-batches of "
-            f"{t.batch_size // t.accumulation_steps} image: the dual head needs >= 2 "
-            "(each micro-batch attends across itself)"
-        )
-    return None
+    micro = t.batch_size // t.accumulation_steps
+    need, why = training_batch_minimum(cfg.model.head)
+    if micro >= need:
+        return None
+    if t.accumulation_steps == 1:
+        return f"train.batch_size={t.batch_size} must be >= {need}: {why}"
+    return (
+        f"train.accumulation_steps={t.accumulation_steps} leaves micro-batches of {micro} "
+        f"image, each needs >= {need}: {why}"
+    )
 
 
 def _threads(cfg: Any) -> str | None:
@@ -186,9 +240,9 @@ def _three_channels(cfg: Any) -> str | None:
     return None
 
 
-def _backbone_kwargs_sizes(cfg: Any) -> str | None:
+def _backbone_kwargs_sizes(m: Any) -> str | None:
     """timm allocates whatever widths backbone_kwargs asks for: bound every number in it."""
-    stack = [cfg.model.backbone_kwargs]
+    stack = [m.backbone_kwargs]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
@@ -252,16 +306,23 @@ def cpu_batch_memory_problem(cfg: Any) -> str | None:
     return None
 
 
+# Relations between `model.*` keys alone: a Config and a direct build_model call both apply them.
+MODEL_RELATIONS: list[Callable[[Any], str | None]] = [
+    _backbone_kwargs_sizes,
+    _branch_follows_encoder_layer_0,
+    _d_model_splits,
+    _batchformer_needs_dual,
+]
+
 RELATIONS: list[Callable[[Any], str | None]] = [
     _three_channels,
-    _backbone_kwargs_sizes,
-    _d_model_divisible,
-    _dual_needs_two,
-    _accumulation_divides_batch,
+    _micro_batch,
     _batch_memory,
     _csv_needs_root,
     _threads,
 ]
+
+_MODEL = "model."
 
 
 def lookup(cfg: Any, key: str) -> Any:
@@ -271,11 +332,12 @@ def lookup(cfg: Any, key: str) -> Any:
     return node
 
 
-def problems(cfg: Any) -> list[str]:
-    """Every broken rule, as `key=value <problem>`, in the table's order, then the relations."""
+def _range_problems(root: Any, keys: list[str], strip: str = "") -> list[str]:
+    """`key=value <problem>` for each key of `RULES` listed, looked up below `root`."""
     found = []
-    for key, rule in RULES.items():
-        value = lookup(cfg, key)
+    for key in keys:
+        rule = RULES[key]
+        value = lookup(root, key.removeprefix(strip))
         for i, item in enumerate(value if isinstance(value, list) else [value]):
             if item is None:  # an optional key left unset (e.g. "the same as another key")
                 continue
@@ -285,6 +347,22 @@ def problems(cfg: Any) -> list[str]:
                 why = f" {rule.why}" if getattr(rule, "why", "") else ""
                 found.append(f"{where}={short_repr(item)} {problem}{why}")
                 break
+    return found
+
+
+def model_problems(model: Any) -> list[str]:
+    """Every broken `model.*` rule of a `ModelConfig`: its ranges, then `MODEL_RELATIONS`."""
+    found = _range_problems(model, [k for k in RULES if k.startswith(_MODEL)], strip=_MODEL)
+    if found:
+        return found  # the relations assume each value is in its range
+    return [p for p in (check(model) for check in MODEL_RELATIONS) if p]
+
+
+def problems(cfg: Any) -> list[str]:
+    """Every broken rule, as `key=value <problem>`: the ranges of the other sections, the model
+    section's rules (`model_problems`), then the relations between sections."""
+    found = _range_problems(cfg, [k for k in RULES if not k.startswith(_MODEL)])
+    found += model_problems(cfg.model)
     if found:
         return found  # the relations assume each value is in its range
     return [p for p in (check(cfg) for check in RELATIONS) if p]

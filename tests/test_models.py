@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
+import re
+import typing
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mlic.config import load_config
+import mlic
+from mlic.config import BatchFormerVariant, HeadName, ModelConfig, load_config
+from mlic.config_rules import MODEL_RELATIONS, RULES, training_batch_minimum
 from mlic.errors import CheckpointError, ConfigError, MlicError
 from mlic.losses import AsymmetricLoss
 from mlic.models import MultiLabelClassifier, build_model, build_model_from_config
+from mlic.models.heads import QueryHead
 from mlic.models.position import PositionEmbeddingSine
-from mlic.models.transformer import EncoderLayer, batch_attention
+from mlic.models.transformer import EncoderLayer, TransformerEncoder, batch_attention
 
 K = 5  # classes of the tiny models
 TINY = {"d_model": 64, "nhead": 4, "dim_feedforward": 128}
@@ -93,7 +102,7 @@ def test_batch_attention_mixes_samples_at_the_same_position_only():
 
 
 @pytest.mark.parametrize(
-    "head,batchformer", [("dual", "shared"), ("dual", "separate"), ("transformer", "shared")]
+    "head,batchformer", [("dual", "shared"), ("dual", "separate"), ("transformer", "separate")]
 )
 def test_only_the_dual_head_couples_samples_and_only_in_training(head, batchformer):
     model = freeze_batch_norm(tiny("resnet14t", head, dropout=0.0, batchformer=batchformer))
@@ -133,13 +142,13 @@ def test_dual_equals_transformer_in_eval_and_in_its_first_stream(batchformer):
 
 # --------------------------------------------------------------------------- every variant
 
-VARIANTS = [
-    ("resnet", "transformer", "shared"),
-    ("resnest", "transformer", "shared"),
+VARIANTS = [  # model.batchformer applies to the dual head only: the default elsewhere
+    ("resnet", "transformer", "separate"),
+    ("resnest", "transformer", "separate"),
     ("resnet", "dual", "shared"),
     ("resnest", "dual", "shared"),
     ("resnest", "dual", "separate"),
-    ("resnet", "gap", "shared"),
+    ("resnet", "gap", "separate"),
 ]
 
 
@@ -174,7 +183,7 @@ def head_formula(d: int, ff: int, enc: int, dec: int, k: int) -> int:
 @pytest.mark.parametrize("backbone", ["resnet101", "resnest101e"])
 @pytest.mark.parametrize(
     "head,batchformer",
-    [("gap", "shared"), ("transformer", "shared"), ("dual", "shared"), ("dual", "separate")],
+    [("gap", "separate"), ("transformer", "separate"), ("dual", "shared"), ("dual", "separate")],
 )
 def test_paper_size_builds_with_expected_parameter_counts(backbone, head, batchformer):
     with torch.device("meta"):
@@ -311,13 +320,147 @@ def test_build_from_config_and_arch_round_trip():
 def test_bad_arguments_name_the_key():
     with pytest.raises(ConfigError, match="model.backbone='resnet_nope'"):
         build_model("resnet_nope", "gap", K)
-    with pytest.raises(ConfigError, match="model.head='mlp'"):
-        build_model("resnet10t", "mlp", K)
-    with pytest.raises(ConfigError, match="model.d_model=30"):
-        build_model("resnet10t", "transformer", K, d_model=30, nhead=4)
-    with pytest.raises(ConfigError, match="model.batchformer='both'"):
-        build_model("resnet10t", "dual", K, batchformer="both", **TINY)
-    with pytest.raises(ConfigError, match="model.num_encoder_layers=0"):
-        build_model("resnet10t", "dual", K, num_encoder_layers=0, **TINY)
     with pytest.raises(ConfigError, match="model.backbone_kwargs"):
         build_model("resnet10t", "gap", K, backbone_kwargs={"no_such_option": 1})
+    with pytest.raises(ConfigError, match="num_classes=0"):
+        build_model("resnet10t", "gap", 0)
+
+
+# --------------------------------------------------------------------------- one set of rules
+
+
+def _range_cases() -> list[tuple[dict, str]]:
+    """A value just outside each end of every `model.*` range in the rule table."""
+    cases = []
+    for key, rule in RULES.items():
+        if not key.startswith("model."):
+            continue
+        name = key.removeprefix("model.")
+        if rule.low is not None:
+            cases.append(({name: rule.low if rule.low_open else rule.low - 1}, key))
+        if rule.high is not None:
+            cases.append(({name: rule.high if rule.high_open else rule.high + 1}, key))
+    return cases
+
+
+# (model section values, the key the error names, the relation that breaks or None)
+RELATION_CASES = [
+    ({"backbone_kwargs": {"channels": [10**9]}}, "model.backbone_kwargs", "_backbone_kwargs_sizes"),
+    ({"head": "dual", "num_encoder_layers": 0}, "model.num_encoder_layers",
+     "_branch_follows_encoder_layer_0"),
+    ({"head": "transformer", "d_model": 30, "nhead": 4}, "model.d_model", "_d_model_splits"),
+    ({"head": "transformer", "d_model": 63, "nhead": 1}, "model.d_model", "_d_model_splits"),
+    ({"head": "dual", "batchformer": "separate", "d_model": 66, "nhead": 2}, "model.d_model",
+     "_d_model_splits"),
+    ({"head": "transformer", "batchformer": "shared"}, "model.batchformer",
+     "_batchformer_needs_dual"),
+    ({"head": "gap", "batchformer": "shared"}, "model.batchformer", "_batchformer_needs_dual"),
+]  # fmt: skip
+CHOICE_AND_TYPE_CASES = [
+    ({"head": "mlp"}, "model.head"),
+    ({"batchformer": "both"}, "model.batchformer"),
+    ({"d_model": 64.5}, "model.d_model"),
+    ({"dropout": "lots"}, "model.dropout"),
+    ({"pretrained": "yes"}, "model.pretrained"),
+]
+MODEL_CASES = [
+    *[(values, key, None) for values, key in [*CHOICE_AND_TYPE_CASES, *_range_cases()]],
+    *RELATION_CASES,
+]
+
+
+@pytest.mark.parametrize(("values", "key", "relation"), MODEL_CASES)
+def test_a_config_and_a_direct_build_model_call_give_the_same_one_line_error(values, key, relation):
+    preset = load_config("embedded")
+    model = {**dataclasses.asdict(preset.model), "pretrained": False, **values}
+    with pytest.raises(ConfigError) as from_config:
+        load_config("embedded", {f"model.{k}": v for k, v in model.items()})
+    with pytest.raises(ConfigError) as from_build:
+        build_model(num_classes=K, **model)
+    message = str(from_build.value)
+    assert message.startswith(key) and "\n" not in message
+    assert str(from_config.value) == f"preset embedded: {message}"
+    if relation is not None:  # the named relation is the one that refused it
+        check = {f.__name__: f for f in MODEL_RELATIONS}[relation]
+        assert check(ModelConfig(**model)) == message
+
+
+def test_every_model_rule_has_a_case():
+    assert {r for *_, r in RELATION_CASES} == {f.__name__ for f in MODEL_RELATIONS}
+    ranged = {key for _, key in _range_cases()}
+    assert ranged == {k for k in RULES if k.startswith("model.")}
+    choices = {key for _, key in CHOICE_AND_TYPE_CASES}
+    literal_keys = {
+        f"model.{name}"
+        for name, hint in typing.get_type_hints(ModelConfig).items()
+        if typing.get_origin(hint) is typing.Literal
+    }
+    assert literal_keys <= choices
+
+
+def test_model_choices_and_bounds_are_defined_once():
+    """The choices are the config's Literal types, the bounds and relations mlic.config_rules':
+    the model code neither repeats a list of choices nor checks a model.* value itself."""
+    hints = typing.get_type_hints(build_model)
+    assert hints["head"] is HeadName and hints["batchformer"] is BatchFormerVariant
+    for module_class in (QueryHead, TransformerEncoder):
+        hint = typing.get_type_hints(module_class.__init__)["batchformer"]
+        assert hint == BatchFormerVariant | None
+    quoted = r"""['"]({})['"]"""
+    repeated_choices = [
+        re.compile(rf"{quoted.format('|'.join(choices))}\s*,\s*{quoted.format('|'.join(choices))}")
+        for choices in (typing.get_args(HeadName), typing.get_args(BatchFormerVariant))
+    ]
+    # An error text naming a key whose rule is in the table, a relation or a Literal.
+    ruled = [k.removeprefix("model.") for k in RULES if k.startswith("model.")]
+    model_hints = typing.get_type_hints(ModelConfig)
+    ruled += [n for n, h in model_hints.items() if typing.get_origin(h) is typing.Literal]
+    model_key_error = re.compile(rf"""["']model\.({"|".join(ruled)})[= ]""")
+    root = Path(mlic.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        if path.name in ("config.py", "config_rules.py"):
+            continue
+        text = path.read_text()
+        assert "Literal[" not in text or path.parent.name != "models", path
+        for pattern in repeated_choices:
+            assert not pattern.search(text), f"{path}: a list of model choices"
+    for path in sorted((root / "models").glob("*.py")):
+        text = path.read_text()
+        assert not model_key_error.search(text), f"{path} checks a model.* value itself"
+        assert "raise ValueError" not in text or path.name == "position.py", path
+
+
+def test_build_model_defaults_are_the_configuration_defaults():
+    defaults = ModelConfig()
+    for name, parameter in inspect.signature(build_model).parameters.items():
+        if parameter.default is inspect.Parameter.empty or name == "pretrained":
+            continue  # required, or off for a direct call (the config downloads weights)
+        want = getattr(defaults, name)  # None stands for the empty "" / {} of the config
+        assert parameter.default == want or (parameter.default is None and not want), name
+
+
+def test_a_transformer_head_without_encoder_layers_trains_and_is_a_valid_config():
+    # The disagreement between the rule table (>= 1) and build_model (0 allowed for the
+    # non-dual heads) is settled by the model: the decoder attends to the projected tokens.
+    cfg = load_config("embedded", ["model.head=transformer", "model.num_encoder_layers=0"])
+    model = build_model_from_config(replace(cfg.model, pretrained=False), K).train()
+    assert len(model.head.encoder.layers) == 0
+    logits = model(images(3))
+    AsymmetricLoss()(logits, (torch.rand(3, K) < 0.4).float()).backward()
+    assert all(p.grad is not None and torch.any(p.grad != 0) for p in model.head.parameters())
+
+
+def test_the_batch_rule_of_the_config_and_the_model_is_one_function():
+    need, why = training_batch_minimum("dual")
+    assert need == 2 and training_batch_minimum("transformer") == (1, "")
+    for overrides in (["train.batch_size=1"], ["train.batch_size=4", "train.accumulation_steps=4"]):
+        with pytest.raises(ConfigError, match=re.escape(why)) as info:
+            load_config("embedded", ["model.head=dual", *overrides])
+        assert "\n" not in str(info.value)
+    with pytest.raises(MlicError, match=re.escape(why)):
+        tiny("resnet14t", "dual").train()(images(1))
+    pooled_why = training_batch_minimum("gap", pooled_batch_norm=True)[1]
+    model = tiny("resnest14d", "gap").train()
+    assert model.min_training_batch == 2
+    with pytest.raises(MlicError, match=re.escape(pooled_why)):
+        model(images(1))

@@ -7,20 +7,16 @@ and a checkpoint of another architecture can be refused.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from mlic.config import BatchFormerVariant, HeadName, ModelConfig, model_config
+from mlic.config_rules import training_batch_minimum
 from mlic.errors import ConfigError, MlicError
 from mlic.models.backbone import create_backbone, pooled_batch_norms
 from mlic.models.heads import GapHead, QueryHead
-
-if TYPE_CHECKING:
-    from mlic.config import ModelConfig
-
-HEADS = ("gap", "transformer", "dual")
-BATCHFORMERS = ("shared", "separate")
 
 
 class MultiLabelClassifier(nn.Module):
@@ -55,6 +51,12 @@ class MultiLabelClassifier(nn.Module):
         """How many copies of the batch ``forward`` returns: 2 for dual in training, else 1."""
         return 2 if self.arch["head"] == "dual" and self.training else 1
 
+    def _training_batch_minimum(self) -> tuple[int, str]:
+        # The rule is the configuration's (mlic.config_rules), with what only the built
+        # backbone knows: whether a pooled-map batch norm is in training mode.
+        pooled = any(bn.training for bn in self._pooled_bns)
+        return training_batch_minimum(self.arch["head"], pooled_batch_norm=pooled)
+
     @property
     def min_training_batch(self) -> int:
         """Smallest batch ``forward`` accepts in training mode (2 for dual or ResNeSt, else 1).
@@ -62,21 +64,17 @@ class MultiLabelClassifier(nn.Module):
         A training loop can skip a shorter batch (e.g. the last one, or one left after
         unreadable images were dropped) instead of meeting the error.
         """
-        needs_two = self.arch["head"] == "dual" or any(bn.training for bn in self._pooled_bns)
-        return 2 if needs_two else 1
+        return self._training_batch_minimum()[0]
 
     def _check_batch(self, images: Tensor) -> None:
-        if not self.training or images.shape[0] > 1:
+        if not self.training:
             return
-        if self.arch["head"] == "dual":
+        need, why = self._training_batch_minimum()
+        if images.shape[0] < need:
             raise MlicError(
-                "the dual head attends across the batch (BatchFormerV2): a training batch needs "
-                "at least 2 images, got 1 (use train.batch_size >= 2 and drop the last short batch)"
-            )
-        if any(bn.training for bn in self._pooled_bns):
-            raise MlicError(
-                f"backbone {self.arch['backbone']!r} batch-normalises a pooled 1x1 map (ResNeSt "
-                "split attention): a training batch needs at least 2 images, got 1"
+                f"backbone {self.arch['backbone']!r}, head {self.arch['head']!r}: {why}, so a "
+                f"training batch needs at least {need} images, got {images.shape[0]} (use "
+                f"train.batch_size >= {need} and drop the last short batch)"
             )
 
     def forward(self, images: Tensor) -> Tensor:
@@ -137,8 +135,9 @@ class MultiLabelClassifier(nn.Module):
     def deployed_state_dict(self) -> dict[str, Tensor]:
         """``state_dict`` without the training-only BatchFormerV2 layer ("separate" variant).
 
-        It loads into ``build_model(**{**arch, "head": "transformer"})``, which gives the
-        same eval logits. With "shared" it equals ``state_dict()``.
+        It loads into ``build_model(**arch)`` with ``head="transformer"`` and no
+        ``batchformer``, which gives the same eval logits. With "shared" it equals
+        ``state_dict()``.
         """
         prefix = "head.encoder.batch_layer."
         return {k: v for k, v in self.state_dict().items() if not k.startswith(prefix)}
@@ -150,7 +149,7 @@ class MultiLabelClassifier(nn.Module):
 
 def build_model(
     backbone: str,
-    head: Literal["gap", "transformer", "dual"],
+    head: HeadName,
     num_classes: int,
     *,
     pretrained: bool = False,
@@ -162,87 +161,73 @@ def build_model(
     num_decoder_layers: int = 2,
     dim_feedforward: int = 8192,
     dropout: float = 0.1,
-    batchformer: Literal["shared", "separate"] = "separate",
+    batchformer: BatchFormerVariant = "separate",
 ) -> MultiLabelClassifier:
     """Build a model of the paper's family (defaults: the Q2L / paper head at d_model 2048).
 
     ``head``: "gap" (pool + linear), "transformer" (Query2Label), "dual" (Query2Label +
     BatchFormerV2 branch in training; ``batchformer`` "separate" = the official BatchFormerV2
     layer (default), "shared" = encoder layer 0's weights reused, the paper's other reading).
-    Transformer options are ignored for "gap". A ``pretrained_file`` is loaded whatever ``pretrained`` says.
+    Transformer options are not used for "gap"; ``batchformer`` other than its default is
+    refused for a head other than "dual". The arguments are checked as the ``model`` section of
+    a configuration is (``mlic.config.model_config``): a bad one is a ``ConfigError`` naming
+    its ``model.*`` key. A ``pretrained_file`` is loaded whatever ``pretrained`` says.
     Build on the meta device (``with torch.device("meta"):``) to count parameters cheaply.
     """
-    if head not in HEADS:
-        raise ConfigError(f"model.head={head!r} is not one of {', '.join(map(repr, HEADS))}")
-    _check_positive("num_classes", num_classes, prefix="")
+    spec = model_config(
+        backbone=backbone,
+        head=head,
+        pretrained=pretrained,
+        pretrained_file=str(pretrained_file or ""),
+        backbone_kwargs=dict(backbone_kwargs or {}),
+        d_model=d_model,
+        nhead=nhead,
+        num_encoder_layers=num_encoder_layers,
+        num_decoder_layers=num_decoder_layers,
+        dim_feedforward=dim_feedforward,
+        dropout=dropout,
+        batchformer=batchformer,
+    )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes={num_classes!r} must be a positive integer")
     arch: dict[str, Any] = {
-        "backbone": backbone,
-        "head": head,
-        "num_classes": int(num_classes),
-        "backbone_kwargs": dict(backbone_kwargs or {}),
+        "backbone": spec.backbone,
+        "head": spec.head,
+        "num_classes": num_classes,
+        "backbone_kwargs": spec.backbone_kwargs,
     }
-    if head != "gap":
-        for key, value in (
-            ("d_model", d_model),
-            ("nhead", nhead),
-            ("num_decoder_layers", num_decoder_layers),
-            ("dim_feedforward", dim_feedforward),
-        ):
-            _check_positive(key, value)
-        if num_encoder_layers < (1 if head == "dual" else 0):
-            raise ConfigError(
-                f"model.num_encoder_layers={num_encoder_layers}: the dual head needs >= 1 "
-                "(its branch follows encoder layer 0)"
-                if head == "dual"
-                else f"model.num_encoder_layers={num_encoder_layers} must be >= 0"
-            )
-        if d_model % nhead or d_model % 2:
-            raise ConfigError(
-                f"model.d_model={d_model} must be even and divisible by model.nhead={nhead}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout={dropout} is not in [0, 1)")
+    if spec.head != "gap":
         arch.update(
-            d_model=int(d_model),
-            nhead=int(nhead),
-            num_encoder_layers=int(num_encoder_layers),
-            num_decoder_layers=int(num_decoder_layers),
-            dim_feedforward=int(dim_feedforward),
-            dropout=float(dropout),
+            d_model=spec.d_model,
+            nhead=spec.nhead,
+            num_encoder_layers=spec.num_encoder_layers,
+            num_decoder_layers=spec.num_decoder_layers,
+            dim_feedforward=spec.dim_feedforward,
+            dropout=spec.dropout,
         )
-    if head == "dual":
-        if batchformer not in BATCHFORMERS:
-            raise ConfigError(
-                f"model.batchformer={batchformer!r} is not one of "
-                f"{', '.join(map(repr, BATCHFORMERS))}"
-            )
-        if batchformer == "separate" and d_model % 4:
-            raise ConfigError(
-                f"model.d_model={d_model} must be divisible by 4: the separate BatchFormerV2 "
-                "layer has 4 heads (official code)"
-            )
-        arch["batchformer"] = batchformer
+    if spec.head == "dual":
+        arch["batchformer"] = spec.batchformer
 
     net = create_backbone(
-        backbone,
-        pretrained=pretrained,
-        pretrained_file=pretrained_file or None,
-        backbone_kwargs=backbone_kwargs,
+        spec.backbone,
+        pretrained=spec.pretrained,
+        pretrained_file=spec.pretrained_file or None,
+        backbone_kwargs=spec.backbone_kwargs,
     )
     channels = int(net.num_features)
-    if head == "gap":
+    if spec.head == "gap":
         head_module: nn.Module = GapHead(channels, num_classes)
     else:
         head_module = QueryHead(
             channels,
             num_classes,
-            d_model=d_model,
-            nhead=nhead,
-            num_encoder_layers=num_encoder_layers,
-            num_decoder_layers=num_decoder_layers,
-            dim_feedforward=dim_feedforward,
-            dropout=dropout,
-            batchformer=batchformer if head == "dual" else "none",
+            d_model=spec.d_model,
+            nhead=spec.nhead,
+            num_encoder_layers=spec.num_encoder_layers,
+            num_decoder_layers=spec.num_decoder_layers,
+            dim_feedforward=spec.dim_feedforward,
+            dropout=spec.dropout,
+            batchformer=spec.batchformer if spec.head == "dual" else None,
         )
     return MultiLabelClassifier(net, head_module, arch)
 
@@ -264,8 +249,3 @@ def build_model_from_config(cfg: ModelConfig, num_classes: int) -> MultiLabelCla
         dropout=cfg.dropout,
         batchformer=cfg.batchformer,
     )
-
-
-def _check_positive(key: str, value: Any, prefix: str = "model.") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{prefix}{key}={value!r} must be a positive integer")

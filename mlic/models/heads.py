@@ -12,8 +12,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from mlic.config import BatchFormerVariant
 from mlic.models.position import PositionEmbeddingSine
-from mlic.models.transformer import BatchFormerMode, TransformerDecoder, TransformerEncoder
+from mlic.models.transformer import TransformerDecoder, TransformerEncoder
 
 
 class GroupWiseLinear(nn.Module):
@@ -52,7 +53,8 @@ class QueryHead(nn.Module):
 
     §1, Fig. 1/4: the backbone's tokens plus positional embeddings enter the encoder; the
     class queries of the decoder cross-attend to the encoder memory (keys and values); the
-    group-wise linear classifier reads one logit per class.
+    group-wise linear classifier reads one logit per class. ``batchformer``: the branch's
+    variant (the dual head), or None (the Transformer head).
     """
 
     def __init__(
@@ -66,7 +68,7 @@ class QueryHead(nn.Module):
         num_decoder_layers: int,
         dim_feedforward: int,
         dropout: float,
-        batchformer: BatchFormerMode = "none",
+        batchformer: BatchFormerVariant | None = None,
     ) -> None:
         super().__init__()
         # Q2L's 1x1 input projection; skipped when the backbone already has d_model channels

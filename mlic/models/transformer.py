@@ -7,14 +7,13 @@ scaled-dot-product attention kernel whenever the attention weights are not asked
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-BatchFormerMode = Literal["none", "shared", "separate"]
+from mlic.config import BatchFormerVariant
+from mlic.config_rules import BATCHFORMER_LAYER_HEADS
 
 
 def _add(x: Tensor, pos: Tensor | None) -> Tensor:
@@ -116,7 +115,7 @@ class TransformerEncoder(nn.Module):
     """Encoder layers; with a BatchFormerV2 branch, the second stream is added in training.
 
     ``batchformer``:
-      * ``"none"`` - the Q2L encoder.
+      * ``None`` - the Q2L encoder.
       * ``"shared"`` - one reading of the paper (§1: the BatchFormerV2 encoder is obtained "by
         sharing" the Transformer encoder; §1.2, eq. (2): "送入共享的 Transformer 模块"; text of
         Fig. 4: "两个分支共享 Transformer Encoder 模块"): the batch attention IS encoder layer 0,
@@ -135,6 +134,9 @@ class TransformerEncoder(nn.Module):
     ``torch.cat([old_output, output], dim=1)`` on [L, B, d]). Later layers, the decoder and the
     classifier then run on 2B samples with shared weights. In eval mode the branch is skipped,
     so the evaluated network is exactly the single-branch one.
+
+    Arguments are not checked here: ``build_model`` checks them (``mlic.config_rules``), e.g.
+    that the branch has an encoder layer 0 to follow.
     """
 
     def __init__(
@@ -144,18 +146,18 @@ class TransformerEncoder(nn.Module):
         num_layers: int,
         dim_feedforward: int,
         dropout: float,
-        batchformer: BatchFormerMode = "none",
+        batchformer: BatchFormerVariant | None = None,
     ) -> None:
         super().__init__()
-        if batchformer != "none" and num_layers < 1:
-            raise ValueError("the BatchFormerV2 branch follows encoder layer 0: num_layers >= 1")
         self.layers = nn.ModuleList(
             EncoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_layers)
         )
         self.batchformer = batchformer
         # Official BatchFormerV2: TransformerEncoderLayer(d_model, 4, d_model, dropout=0.5).
         self.batch_layer = (
-            EncoderLayer(d_model, 4, d_model, dropout=0.5) if batchformer == "separate" else None
+            EncoderLayer(d_model, BATCHFORMER_LAYER_HEADS, d_model, dropout=0.5)
+            if batchformer == "separate"
+            else None
         )
         self.grad_checkpointing = False  # set by MultiLabelClassifier.set_grad_checkpointing
 
@@ -165,7 +167,7 @@ class TransformerEncoder(nn.Module):
         ckpt = self.grad_checkpointing
         for i, layer in enumerate(self.layers):
             x = _maybe_checkpoint(ckpt, self, layer, x, pos)
-            if i == 0 and self.training and self.batchformer != "none":
+            if i == 0 and self.training and self.batchformer is not None:
                 branch_layer = self.layers[0] if self.batch_layer is None else self.batch_layer
                 # Stream 1: x as it is; stream 2: x attended across the batch.
                 stream2 = _maybe_checkpoint(ckpt, self, batch_attention, branch_layer, x)
@@ -180,8 +182,6 @@ class TransformerDecoder(nn.Module):
         self, d_model: int, nhead: int, num_layers: int, dim_feedforward: int, dropout: float
     ) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError("the decoder needs at least one layer")
         self.layers = nn.ModuleList(
             DecoderLayer(d_model, nhead, dim_feedforward, dropout) for _ in range(num_layers)
         )
