@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
-from mlic.config import Config, from_dict, load_config, preset_names, preset_summaries
+from mlic.config import (
+    Config,
+    ModelConfig,
+    from_dict,
+    load_config,
+    preset_names,
+    preset_summaries,
+)
 from mlic.errors import ConfigError
 
 
@@ -50,6 +59,27 @@ def test_every_dual_head_preset_uses_the_official_batchformer_layer():
         assert load_config(name).model.batchformer == "separate", name
     assert Config().model.batchformer == "separate"
     assert load_config("embedded", ["model.batchformer=shared"]).model.batchformer == "shared"
+
+
+def test_a_batchformer_choice_for_a_head_without_the_branch_is_refused():
+    # Not silently ignored: only the dual head has a BatchFormerV2 branch to choose.
+    for head in ("gap", "transformer"):
+        with pytest.raises(ConfigError, match=f"model.batchformer='shared' .* model.head='{head}'"):
+            load_config("embedded", [f"model.head={head}", "model.batchformer=shared"])
+        with pytest.raises(ConfigError, match="dual head only"):  # built without from_dict
+            Config(model=ModelConfig(head=head, batchformer="shared"))
+        assert load_config("embedded", [f"model.head={head}"]).model.batchformer == "separate"
+
+
+def test_every_committed_run_record_is_a_valid_configuration():
+    # `mlic reproduce` and the report read each record's config.yaml through load_config.
+    records = sorted(
+        (Path(__file__).resolve().parents[1] / "results" / "runs").glob("*/config.yaml")
+    )
+    assert records
+    for path in records:
+        cfg = load_config(path=path)
+        assert cfg.model.head == "dual" or cfg.model.batchformer == ModelConfig().batchformer
 
 
 def test_overrides_are_parsed_by_type():
