@@ -7,11 +7,10 @@ bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
+from mlic import commands
 from mlic.errors import MlicError
 
 
@@ -62,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(metavar="COMMAND")
 
     s = sub.add_parser("presets", help="list the configuration presets")
-    s.set_defaults(func=_cmd_presets)
+    s.set_defaults(func=commands.cmd_presets)
 
     data = sub.add_parser("data", help="generate or inspect datasets")
     data_sub = data.add_subparsers(metavar="ACTION", required=True)
@@ -70,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default="data/embedded", help="output folder (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="regenerate even if complete")
-    s.set_defaults(func=_cmd_data_embedded)
+    s.set_defaults(func=commands.cmd_data_embedded)
     s = data_sub.add_parser("stats", help="print a split's statistics as JSON")
     s.add_argument("--dataset", choices=["coco", "voc", "csv"], required=True)
     s.add_argument(
@@ -80,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--split", required=True, help="e.g. train2014, val2014, trainval, test")
     s.add_argument("--verify", action="store_true", help="decode every image, list unreadable ones")
-    s.set_defaults(func=_cmd_data_stats)
+    s.set_defaults(func=commands.cmd_data_stats)
     s = data_sub.add_parser(
         "to-csv",
         help="write a COCO/VOC split as a CSV dataset file (the format of data.dataset=csv)",
@@ -93,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--max-images", type=int, default=0, help="only the first N images")
     s.add_argument("--force", action="store_true", help=FORCE_HELP)
-    s.set_defaults(func=_cmd_data_to_csv)
+    s.set_defaults(func=commands.cmd_data_to_csv)
     _add_download_parsers(data_sub)
     s = data_sub.add_parser(
         "check",
@@ -109,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         "--verify", action="store_true", help="decode every image (default: a sample per split)"
     )
     s.add_argument("--gpus", type=int, default=1, help="GPUs the run will use (torchrun processes)")
-    s.set_defaults(func=_cmd_data_check)
+    s.set_defaults(func=commands.cmd_data_check)
 
     s = sub.add_parser("train", help="train one configuration and write its run record")
     _add_config_args(s)
@@ -123,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the run record already in the run directory (refused without this)",
     )
-    s.set_defaults(func=_cmd_train)
+    s.set_defaults(func=commands.cmd_train)
 
     s = sub.add_parser("evaluate", help="evaluate a run directory or a checkpoint")
     s.add_argument("path", help="a run directory (uses checkpoints/best.pt) or a .pt file")
@@ -132,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--max-images", type=int, default=0, help="only the first N images")
     s.add_argument("--json", action="store_true", help="print all metrics as JSON")
-    s.set_defaults(func=_cmd_evaluate)
+    s.set_defaults(func=commands.cmd_evaluate)
 
     s = sub.add_parser("predict", help="score your own images with a trained run")
     s.add_argument("path", help="a run directory (uses checkpoints/best.pt) or a .pt file")
@@ -152,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.add_argument("--batch-size", type=int, help="default: the run's train.eval_batch_size")
     s.add_argument("--device", default="auto")
-    s.set_defaults(func=_cmd_predict)
+    s.set_defaults(func=commands.cmd_predict)
 
     s = sub.add_parser(
         "calibrate", help="choose per-class thresholds (max F1) and write thresholds.json"
@@ -167,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="default: <run>/thresholds.json")
     s.add_argument("--force", action="store_true", help=FORCE_HELP)
     s.add_argument("--device", default="auto")
-    s.set_defaults(func=_cmd_calibrate)
+    s.set_defaults(func=commands.cmd_calibrate)
 
     s = sub.add_parser("export", help="export the deployed network (ONNX or TorchScript)")
     s.add_argument("path", help="a run directory (uses checkpoints/best.pt) or a .pt file")
@@ -177,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", help="default: <run>/export/model.onnx (or .torchscript.pt); a .json goes beside"
     )
     s.add_argument("--force", action="store_true", help=FORCE_HELP)
-    s.set_defaults(func=_cmd_export)
+    s.set_defaults(func=commands.cmd_export)
 
     s = sub.add_parser(
         "reproduce", help="train every configuration of the paper's tables, then report"
@@ -197,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
         help="delete the planned runs' records and train them all again (default: skip runs "
         "whose record is complete and of the same configuration)",
     )
-    s.set_defaults(func=_cmd_reproduce)
+    s.set_defaults(func=commands.cmd_reproduce)
 
     s = sub.add_parser("report", help="rebuild tables and figures from the run records alone")
     s.add_argument("--results", default="results", help="default: %(default)s")
@@ -208,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also write the tables and figures between the results markers of this Markdown "
         "file, image links relative to it (this project's results page: docs/results.md)",
     )
-    s.set_defaults(func=_cmd_report)
+    s.set_defaults(func=commands.cmd_report)
     return p
 
 
@@ -242,7 +241,7 @@ def _add_download_parsers(data_sub) -> None:
             help="fetch each archive from URL/<archive name> (a copy of the official files: "
             "the same checksums are checked)",
         )
-        s.set_defaults(func=_cmd_data_download, dataset=name)
+        s.set_defaults(func=commands.cmd_data_download, dataset=name)
 
 
 def _add_config_args(s: argparse.ArgumentParser) -> None:
@@ -256,224 +255,3 @@ def _add_overrides(s: argparse.ArgumentParser, help_text: str) -> None:
     s.add_argument(
         "--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides", help=help_text
     )
-
-
-def _config(args):
-    from mlic.config import load_config
-
-    overrides = list(args.overrides)
-    if args.data_root:
-        overrides.append(f"data.root={args.data_root}")
-    return load_config(args.preset, overrides, path=args.config)
-
-
-def _cmd_presets(args) -> None:
-    from mlic.config import preset_summaries
-
-    summaries = preset_summaries()
-    width = max(map(len, summaries))
-    for name, text in summaries.items():
-        print(f"{name:<{width}}  {text}")
-
-
-def _cmd_data_embedded(args) -> None:
-    from mlic.data import ensure_embedded, generate_embedded
-
-    root = Path(args.root)
-    if args.force:
-        summary = generate_embedded(root, seed=args.seed)
-        print(json.dumps(summary, indent=2, sort_keys=True))
-    else:
-        ensure_embedded(root, seed=args.seed)
-    print(
-        f"embedded dataset ready: {root / 'coco'}, {root / 'voc' / 'VOC2007'} "
-        f"and the pretext tree {root / 'pretext'}"
-    )
-
-
-def _cmd_data_stats(args) -> None:
-    from mlic.data import dataset_stats
-
-    stats = dataset_stats(args.dataset, Path(args.root), args.split, verify=args.verify)
-    print(json.dumps(stats, indent=2))
-
-
-def _cmd_train(args) -> None:
-    from mlic.runrecord import check_new_run
-
-    # Before importing torch: a bad value or an occupied run directory is refused at once.
-    cfg = _config(args)
-    run_dir = Path(args.run_dir or Path("results") / "runs" / cfg.name)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 owns the run directory
-        check_new_run(run_dir, resume=args.resume, overwrite=args.overwrite)
-    from mlic.fit import fit
-
-    metrics = fit(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
-    best, last = metrics["best"], metrics["last"]
-    print(
-        f"{run_dir}: mAP {metrics['map']:.2f} % ({metrics['weights']} weights, best epoch "
-        f"{best['epoch']} of {metrics['epochs']}; last epoch {last['map']:.2f} %) on "
-        f"{metrics['dataset']}/{metrics['split']}, {metrics['num_images']} images"
-    )
-
-
-def _cmd_evaluate(args) -> None:
-    from mlic.evaluate import evaluate_checkpoint
-
-    m = evaluate_checkpoint(
-        args.path,
-        split=args.split,
-        data_root=args.data_root,
-        device=args.device,
-        max_images=args.max_images,
-    )
-    if args.json:
-        print(json.dumps(m, indent=2, sort_keys=True))
-        return
-    print(
-        f"{m['checkpoint']} ({m['weights']} weights, epoch {m['epoch']}) on "
-        f"{m['dataset']}/{m['split']}, "
-        f"{m['num_images']} images at {m['image_size']} px, {m['device']}"
-    )
-    print(f"  mAP {m['map']:.2f} %  over {m['num_classes_evaluated']} classes")
-    tuned = m.get("tuned")
-    if not tuned or "unavailable" in tuned:
-        print(
-            "  "
-            + "  ".join(f"{k.upper()} {m[k]:.2f}" for k in ("cp", "cr", "cf1", "op", "or", "of1"))
-        )
-    if tuned and "unavailable" in tuned:
-        print(f"  tuned thresholds not used: {tuned['unavailable']}")
-    elif tuned:
-        keys = ("cp", "cr", "cf1", "op", "or", "of1")
-        print(f"  {'':<8}" + "".join(f"{k.upper():>8}" for k in keys))
-        for label, row in (("at 0.5", m), ("tuned", tuned)):
-            cells = "".join(f"{row[k]:8.2f}" if row[k] is not None else f"{'-':>8}" for k in keys)
-            print(f"  {label:<8}{cells}")
-        note = " (this split: optimistic)" if tuned["chosen_on_this_split"] else ""
-        print(f"  tuned thresholds chosen on {tuned['chosen_on']}{note}")
-    print(f"  {m['images_per_s']:.1f} images/s")
-
-
-def _cmd_data_to_csv(args) -> None:
-    from mlic.data import read_split
-    from mlic.data.csv_dataset import write_csv_split
-    from mlic.outputs import check_out
-
-    index = read_split(args.dataset, Path(args.root), args.split).head(args.max_images)
-    check_out(args.out, inputs=index.input_paths(), force=args.force)
-    path = write_csv_split(index, Path(args.out))
-    print(f"{path}: {index.num_images} images, {index.num_classes} classes")
-
-
-def _cmd_data_download(args) -> int:
-    from mlic.data.download import prepare
-
-    root = Path(args.root)
-    missing = prepare(
-        args.dataset,
-        root,
-        download=args.download,
-        archive_dir=args.archives,
-        keep_archives=args.keep_archives,
-        mirror=args.mirror,
-    )
-    if missing:
-        print(f"{len(missing)} archive(s) missing: {', '.join(missing)}", file=sys.stderr)
-        return 1
-    preset = "paper-coco-448" if args.dataset == "coco" else "paper-voc-448"
-    print(
-        f"{args.dataset} ready in {root}; next: mlic data check --preset {preset} "
-        f"--data-root {root}"
-    )
-    return 0
-
-
-def _cmd_data_check(args) -> int:
-    from mlic import preflight
-
-    if args.gpus < 1:
-        raise MlicError(f"--gpus {args.gpus}: at least 1")
-    if args.preset == "paper" and not args.config:  # the plan of `mlic reproduce --preset paper`
-        configs = preflight.plan_configs("paper", args.data_root, args.overrides)
-        title = f"mlic data check: the paper plan ({len(configs)} runs) on {args.data_root}"
-    else:
-        cfg = _config(args)
-        configs = [(cfg.name, cfg)]
-        title = f"mlic data check: {preflight.describe(cfg)}"
-    findings = preflight.check_configs(configs, verify=args.verify, gpus=args.gpus)
-    print(preflight.render(title, findings))
-    return 1 if any(f.status == "FAIL" for f in findings) else 0
-
-
-def _cmd_predict(args) -> None:
-    from mlic.predict import run_predict
-
-    run_predict(
-        args.path,
-        args.inputs,
-        threshold=args.threshold,
-        thresholds=args.thresholds,
-        top_k=args.top_k,
-        fmt=args.format,
-        out=args.out,
-        force=args.force,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
-
-
-def _cmd_calibrate(args) -> None:
-    from mlic.inference import load_trained
-    from mlic.thresholds import calibrate, describe
-
-    data = {"root": args.data_root} if args.data_root else {}
-    trained = load_trained(args.path, device=args.device, data=data)
-    out = Path(args.out) if args.out else None
-    record, path = calibrate(trained, split=args.split, out=out, force=args.force)
-    print(f"{describe(record)} -> {path}")
-    m = record["metrics_on_chosen_images"]
-    cells = (
-        f"{k.upper()} {'-' if m[k] is None else format(m[k], '.2f')}"
-        for k in ("cp", "cr", "cf1", "op", "or", "of1")
-    )
-    print("  on those images (optimistic): " + "  ".join(cells))
-
-
-def _cmd_export(args) -> None:
-    from mlic.export import export_run
-
-    model, spec = export_run(
-        args.path, fmt=args.format, image_size=args.image_size, out=args.out, force=args.force
-    )
-    print(f"{model}\n{spec}")
-
-
-def _cmd_reproduce(args) -> None:
-    from mlic.reproduce import reproduce
-
-    reproduce(
-        family=args.preset,
-        results=Path(args.results),
-        data_root=args.data_root,
-        only=args.only,
-        seeds=args.seeds,
-        overrides=args.overrides,
-        gpus=args.gpus,
-        retrain=args.retrain,
-    )
-
-
-def _cmd_report(args) -> None:
-    from mlic.report import build_report, update_readme
-
-    out = build_report(Path(args.results) / "runs", Path(args.results), family=args.preset)
-    if args.readme:
-        update_readme(Path(args.readme), Path(args.results))
-    for paths in out["tables"].values():
-        for path in paths:
-            print(path)
-    for path in out["figures"].values():
-        print(path)
-    for name, reason in sorted(out["missing"].items()):
-        print(f"missing run record: {name} ({reason})", file=sys.stderr)

@@ -17,14 +17,12 @@ names are printed with control characters escaped (one image, one line).
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import os
-import stat
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +35,7 @@ from mlic.compilation import Compiler
 from mlic.config_rules import batch_pixels_problem
 from mlic.data.images import open_rgb
 from mlic.data.transforms import build_transforms
+from mlic.discover import discover_images
 from mlic.errors import DataError, MlicError
 from mlic.inference import Trained, checkpoint_of, forward, load_trained
 from mlic.loaders import build_loader, images_to_device
@@ -45,87 +44,8 @@ from mlic.outputs import check_out
 from mlic.runrecord import atomic_write_text
 from mlic.thresholds import read_thresholds, threshold_vector, thresholds_path
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-)
 Format = Literal["table", "csv", "json", "jsonl"]
 FORMATS: tuple[str, ...] = ("table", "csv", "json", "jsonl")
-
-
-@dataclass
-class Discovered:
-    """Files to predict (in a stable order, each once) and the inputs skipped, with reasons."""
-
-    files: list[Path] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    ignored_in_folders: int = 0  # files without an image suffix inside the given folders
-
-
-def _regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)  # follows symlinks; never opens the file
-    except OSError:
-        return False
-
-
-def discover_images(inputs: Sequence[str | Path]) -> Discovered:
-    """Expand files, folders (recursively; image suffixes only) and glob patterns."""
-    found = Discovered()
-    seen: set[str] = set()
-
-    def add(path: Path) -> None:
-        key = os.path.normpath(os.path.abspath(path))
-        if key not in seen:
-            seen.add(key)
-            found.files.append(path)
-
-    def unreadable(where: str | Path, exc: OSError) -> None:
-        found.skipped.append((str(where), f"cannot read ({exc.strerror or type(exc).__name__})"))
-
-    def walk(folder: Path) -> None:
-        # os.walk reports a folder it cannot list (onerror) instead of skipping it silently.
-        files: list[Path] = []
-        for top, dirs, names in os.walk(folder, onerror=lambda e: unreadable(e.filename, e)):
-            dirs.sort()
-            files.extend(Path(top) / name for name in names)
-        for sub in sorted(files, key=lambda p: p.as_posix()):
-            if sub.suffix.lower() not in IMAGE_SUFFIXES:
-                found.ignored_in_folders += 1
-            elif _regular(sub):
-                add(sub)
-            else:
-                found.skipped.append((str(sub), "not a regular file"))
-
-    def consider(path: Path, *, named: bool) -> None:
-        try:
-            mode = os.stat(path).st_mode  # follows links; raises for one that is broken
-        except FileNotFoundError:
-            if os.path.lexists(path):
-                found.skipped.append((str(path), "a broken link"))
-            else:
-                found.skipped.append((str(path), "no such file or folder"))
-            return
-        except OSError as exc:  # e.g. a file in a folder we may not enter
-            unreadable(path, exc)
-            return
-        if stat.S_ISDIR(mode):
-            walk(path)
-        elif not stat.S_ISREG(mode):
-            found.skipped.append((str(path), "not a regular file"))
-        elif named or path.suffix.lower() in IMAGE_SUFFIXES:
-            add(path)  # a file named explicitly is tried whatever its suffix
-
-    for item in inputs:
-        text = str(item)
-        if not os.path.lexists(text) and glob.has_magic(text):
-            matches = sorted(glob.glob(text, recursive=True))
-            if not matches:
-                found.skipped.append((text, "the pattern matches nothing"))
-            for match in matches:
-                consider(Path(match), named=False)
-        else:
-            consider(Path(text), named=True)
-    return found
 
 
 class ImageFiles(Dataset):

@@ -434,7 +434,7 @@ def trained_and_files(tiny_run, tiny_embedded_root):
 
 
 def test_unreadable_folders_and_files_are_reported_with_a_reason(image, tmp_path, monkeypatch):
-    from mlic.predict import discover_images
+    from mlic.discover import discover_images
 
     locked = image.parent / "locked"
     locked.mkdir()
@@ -471,7 +471,7 @@ def test_unreadable_paths_for_real(image, tmp_path):
     closed = tmp_path / "closed.jpg"
     shutil.copy(image, closed)
     code = (
-        "import sys; from mlic.predict import discover_images; "
+        "import sys; from mlic.discover import discover_images; "
         "f = discover_images(sys.argv[1:]); print(f.files); print(dict(f.skipped))"
     )
     prefix = (

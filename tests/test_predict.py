@@ -16,10 +16,11 @@ from PIL import Image
 
 from mlic.cli import main
 from mlic.data import build_dataset
+from mlic.discover import discover_images
 from mlic.evaluate import evaluate_checkpoint
 from mlic.inference import load_trained, predict_dataset
 from mlic.metrics import compute_metrics
-from mlic.predict import discover_images, predict_images, predicted_labels
+from mlic.predict import predict_images, predicted_labels
 
 
 def _mlic(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
