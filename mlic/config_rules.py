@@ -281,7 +281,7 @@ def batch_pixels_problem(batch: int, image_size: int, train: bool) -> str | None
 def _batch_memory(cfg: Any) -> str | None:
     # On a GPU the card's memory decides (torch's out-of-memory error names it), and the paper's
     # batch 128 at 448 px fits an 80 GB card; train.device=auto is checked by
-    # mlic.engine.make_runtime once it resolves to the CPU.
+    # mlic.runtime.make_runtime once it resolves to the CPU.
     if cfg.train.device != "cpu":
         return None
     return cpu_batch_memory_problem(cfg)

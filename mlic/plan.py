@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlic.config import load_config
+from mlic.config import BatchFormerVariant, HeadName, load_config
 from mlic.errors import ConfigError
 from mlic.pretext import overrides, run_name
 
@@ -77,11 +77,11 @@ class Setting:
     dataset: str  # "coco" | "voc"
     paper_size: int  # 448 | 576: the paper's resolution
     backbone: str  # "resnet" | "resnest"
-    head: str  # "gap" | "transformer" | "dual"
+    head: HeadName
     feeds: tuple[Feed, ...]
     # The dual head's BatchFormerV2 branch: "separate" (the official layer, the presets'
     # default) or "shared" (encoder layer 0's weights reused; the paper's other reading).
-    batchformer: str = "separate"
+    batchformer: BatchFormerVariant = "separate"
 
 
 SETTINGS: tuple[Setting, ...] = (
