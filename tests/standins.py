@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import re
+import socket
 import tarfile
 import threading
 import zipfile
@@ -193,3 +194,16 @@ def serve(files: dict[str, bytes]) -> Iterator[StandinServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def only_localhost(monkeypatch) -> None:
+    """Make any host but 127.0.0.1 fail to resolve (an autouse fixture's body): no test that
+    serves stand-in archives can reach another address."""
+    real = socket.getaddrinfo
+
+    def local_only(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost"):
+            raise AssertionError(f"a test tried to reach {host}")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", local_only)

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from standins import coco_archives, serve, standin_sources, voc_archives
+from standins import coco_archives, only_localhost, serve, standin_sources, voc_archives
 
 from mlic.cli import main
 from mlic.data import disk, download, fetch, sources, unpack
@@ -30,15 +30,7 @@ from mlic.errors import DataError, OutputError
 
 @pytest.fixture(autouse=True)
 def _only_localhost(monkeypatch):
-    """No test here resolves any host but 127.0.0.1."""
-    real = socket.getaddrinfo
-
-    def local_only(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost"):
-            raise AssertionError(f"a test tried to reach {host}")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+    only_localhost(monkeypatch)
 
 
 @pytest.fixture(scope="module")

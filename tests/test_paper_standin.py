@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 
 import nbformat
 import pytest
-from standins import coco_archives, serve, standin_sources, voc_archives
+from standins import coco_archives, only_localhost, serve, standin_sources, voc_archives
 
 import mlic.reproduce as reproduce
 from mlic.cli import main
@@ -56,15 +55,7 @@ def _exec_notebook(notebook: Path, output: Path, parameters: dict, label: str) -
 
 @pytest.fixture(autouse=True)
 def _only_localhost(monkeypatch):
-    """No test here resolves any host but 127.0.0.1."""
-    real = socket.getaddrinfo
-
-    def local_only(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost"):
-            raise AssertionError(f"a test tried to reach {host}")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+    only_localhost(monkeypatch)
 
 
 @pytest.mark.slow
