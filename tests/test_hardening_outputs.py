@@ -111,7 +111,7 @@ def test_out_replaces_an_existing_file_only_with_force(run_copy, image, tmp_path
     _refused(capsys, argv, "notes.txt", "--force")
     assert notes.read_text() == "mine\n"
     assert main([*argv, "--force"]) == 0
-    assert notes.read_text().startswith("image")
+    assert notes.read_text().splitlines()[1].startswith("image")  # after the model line
     fresh = tmp_path / "fresh.csv"  # a new file needs no --force
     assert main([*argv[:-1], str(fresh), "--format", "csv"]) == 0 and fresh.is_file()
     capsys.readouterr()
@@ -505,7 +505,7 @@ def test_control_characters_in_file_names_keep_one_row_per_image(run_copy, image
         shutil.copy(image, path)
     assert main(["predict", str(run_copy), str(image.parent), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 + 3  # the header and one row per image
+    assert len(lines) == 2 + 3  # the model line, the header and one row per image
     assert any(line.startswith(str(image.parent / "two\\nlines.jpg")) for line in lines)
     assert main(["predict", str(run_copy), str(image.parent), "--format", "csv"]) == 0
     import csv

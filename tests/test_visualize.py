@@ -16,7 +16,9 @@ def _texts(fig) -> list[str]:
 
 
 def test_the_attention_figure_has_one_colour_scale_from_zero_and_names_its_model():
-    attention = torch.softmax(torch.randn(3, 4, 5).flatten(1), dim=1).view(3, 4, 5)
+    generator = torch.Generator().manual_seed(0)
+    attention = torch.softmax(torch.randn(3, 4, 5, generator=generator).flatten(1), dim=1)
+    attention = attention.view(3, 4, 5)
     fig = show_cross_attention(
         torch.rand(3, 32, 40),
         attention,
@@ -28,8 +30,11 @@ def test_the_attention_figure_has_one_colour_scale_from_zero_and_names_its_model
     )
     maps = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == "magma"]
     assert len(maps) == 2
-    shown = max(float(attention[k].max()) for k in (0, 2))
-    assert all(im.get_clim() == (0.0, shown) for im in maps)  # one scale for every query
+    (low, high), *others = [im.get_clim() for im in maps]
+    assert all(clim == (low, high) for clim in others)  # one scale for every query
+    # from 0 to the largest weight drawn (bilinear upsampling never exceeds the tokens' largest)
+    assert low == 0.0 and 0.0 < high <= max(float(attention[k].max()) for k in (0, 2)) + 1e-6
+    assert high == max(float(im.get_array().max()) for im in maps)
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     assert len(bars) == 1
     assert "1/20" in bars[0].get_ylabel()  # the even spread over 4x5 tokens
