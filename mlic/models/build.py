@@ -196,15 +196,17 @@ def build_model(
         "num_classes": num_classes,
         "backbone_kwargs": spec.backbone_kwargs,
     }
+    # The Transformer head's options: recorded in `arch` and passed to QueryHead alike.
+    transformer = {
+        "d_model": spec.d_model,
+        "nhead": spec.nhead,
+        "num_encoder_layers": spec.num_encoder_layers,
+        "num_decoder_layers": spec.num_decoder_layers,
+        "dim_feedforward": spec.dim_feedforward,
+        "dropout": spec.dropout,
+    }
     if spec.head != "gap":
-        arch.update(
-            d_model=spec.d_model,
-            nhead=spec.nhead,
-            num_encoder_layers=spec.num_encoder_layers,
-            num_decoder_layers=spec.num_decoder_layers,
-            dim_feedforward=spec.dim_feedforward,
-            dropout=spec.dropout,
-        )
+        arch.update(transformer)
     if spec.head == "dual":
         arch["batchformer"] = spec.batchformer
 
@@ -221,12 +223,7 @@ def build_model(
         head_module = QueryHead(
             channels,
             num_classes,
-            d_model=spec.d_model,
-            nhead=spec.nhead,
-            num_encoder_layers=spec.num_encoder_layers,
-            num_decoder_layers=spec.num_decoder_layers,
-            dim_feedforward=spec.dim_feedforward,
-            dropout=spec.dropout,
+            **transformer,
             batchformer=spec.batchformer if spec.head == "dual" else None,
         )
     return MultiLabelClassifier(net, head_module, arch)
