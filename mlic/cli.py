@@ -183,12 +183,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--preset", choices=["embedded", "paper"], default="embedded")
     s.add_argument("--data-root", help="paper: folder holding coco/ and voc/VOC2007/")
-    s.add_argument("--only", action="append", help="table1..table4 or figures (repeatable)")
+    s.add_argument(
+        "--only",
+        action="append",
+        help="table1..table4, figures or budget (repeatable; default: all but budget)",
+    )
     s.add_argument("--seeds", type=int, default=1, help="seeds per configuration")
     s.add_argument("--results", default="results", help="default: %(default)s")
     _add_overrides(s, "overrides applied to every run (e.g. train.epochs=1)")
     s.add_argument(
         "--gpus", type=int, default=None, help="run independent configurations on N GPUs"
+    )
+    s.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="configurations trained at once on the CPU, the cores split between them "
+        "(default: 2 for the embedded plan on a CPU with 2 or more cores, else 1)",
     )
     s.add_argument(
         "--retrain",

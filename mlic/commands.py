@@ -218,6 +218,7 @@ def cmd_reproduce(args) -> None:
         overrides=args.overrides,
         gpus=args.gpus,
         retrain=args.retrain,
+        jobs=args.jobs,
     )
 
 

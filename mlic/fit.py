@@ -327,6 +327,9 @@ def execution_metrics(cfg: Config, rt: Runtime) -> dict[str, Any]:
         "accumulation_steps": k,
         "micro_batch_size": per_rank // k,
         "effective_batch_size": per_rank * rt.dist.world_size,
+        # The CPU threads torch computed with: on the CPU the bits of a result depend on it, so
+        # a run is repeated bit for bit with the same count (`mlic reproduce --jobs` lowers it).
+        "cpu_threads": torch.get_num_threads(),
     }
 
 

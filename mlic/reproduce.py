@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -196,13 +197,17 @@ def reproduce(
     overrides: Sequence[str] = (),
     gpus: int | None = None,
     retrain: bool = False,
+    jobs: int | None = None,
 ) -> None:
     """Train what is missing, then rebuild tables and figures (written under `results`).
 
     `retrain=True` deletes every planned run's record and trains it again from scratch (a fresh
-    clone's committed records are complete, so without it nothing is trained)."""
+    clone's committed records are complete, so without it nothing is trained). `jobs` runs that
+    many configurations at once on the CPU, the cores split between them (None: `auto_jobs`)."""
     if gpus is not None and gpus < 1:
         raise MlicError(f"--gpus {gpus}: needs at least one GPU (leave it out for one process)")
+    if jobs is not None and jobs < 1:
+        raise MlicError(f"--jobs {jobs}: needs at least 1")
     results = Path(results).resolve()
     plan = runs(family, seeds=seeds, only=list(only) if only else None)
     todo = _to_train(plan, family, data_root, overrides, results, retrain)
@@ -212,20 +217,42 @@ def reproduce(
     if first:
         ensure_embedded(load_config(first[0][0].preset).data.embedded_root)
     start = time.perf_counter()
-    workers = max(1, gpus or 1)
+    slots = _slots(gpus, jobs if jobs is not None else auto_jobs(family, gpus))
     for stage in (first, todo):  # the pretext backbones before the runs that load them
-        if workers == 1:
+        if len(slots) == 1:
             for i, (run, ovr) in enumerate(stage, 1):
                 _announce(i, len(stage), run, start)
                 train_one(run.name, run.preset, ovr, results)
         else:
-            _train_on_gpus(stage, results, workers, start)
+            _train_in_parallel(stage, results, slots, start)
         for run, _ in stage:
             if is_pretext(run):
                 pretext.write_backbone_weights(results / "runs" / run.name)
     trained = len(first) + len(todo)
     print(f"trained {trained} run(s) in {time.perf_counter() - start:.0f} s", flush=True)
     build_outputs(results, family)
+
+
+def auto_jobs(family: str, gpus: int | None) -> int:
+    """Runs at once when --jobs is not given: two for the embedded plan on a CPU with two or
+    more cores, else one. The embedded runs are small enough that two single-thread runs
+    train about 1.3x as many images a second as one run on both cores (docs/performance.md)."""
+    if family != "embedded" or gpus is not None or len(os.sched_getaffinity(0)) < 2:
+        return 1
+    import torch
+
+    return 1 if torch.cuda.is_available() else 2
+
+
+def _slots(gpus: int | None, jobs: int) -> list[dict[str, str]]:
+    """The environment of each worker: one per GPU (CUDA_VISIBLE_DEVICES), else one per job
+    with its share of the cores (OMP_NUM_THREADS, which `train.num_threads: auto` follows)."""
+    if gpus is not None:
+        return [{"CUDA_VISIBLE_DEVICES": str(slot)} for slot in range(gpus)]
+    if jobs == 1:
+        return [{}]
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    return [{"OMP_NUM_THREADS": str(threads)} for _ in range(jobs)]
 
 
 def _to_train(
@@ -268,33 +295,57 @@ def _needs_training(run: PlannedRun, ovr: list[str], results: Path, retrain: boo
 
 
 def _announce(i: int, n: int, run: PlannedRun, start: float) -> None:
-    elapsed = time.perf_counter() - start
-    print(f"[{i}/{n}] {run.name} ({elapsed:.0f} s elapsed)", flush=True)
+    _say(f"[{i}/{n}] {run.name} ({time.perf_counter() - start:.0f} s elapsed)")
 
 
-def _train_on_gpus(todo: list, results: Path, gpus: int, start: float) -> None:
-    """Independent runs on different GPUs: one worker process per GPU at a time."""
+def _train_in_parallel(
+    todo: list[tuple[PlannedRun, list[str]]],
+    results: Path,
+    slots: list[dict[str, str]],
+    start: float,
+) -> None:
+    """Independent runs in worker processes, one per slot at a time, each taking the next run
+    of the queue when its last one ends (so a long run does not hold up a short one's slot)."""
+    queue = list(enumerate(todo, 1))
+    lock = threading.Lock()
 
-    def work(slot_and_item):
-        slot, (i, (run, ovr)) = slot_and_item
-        _announce(i, len(todo), run, start)
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(slot)}
-        code = (
-            "from pathlib import Path; from mlic.reproduce import train_one; "
-            f"train_one({run.name!r}, {run.preset!r}, {ovr!r}, Path({str(results)!r}))"
-        )
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-        if proc.returncode:
-            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise MlicError(f"run {run.name} failed on GPU {slot}: {last}")
+    def next_item():
+        with lock:
+            return queue.pop(0) if queue else None
 
-    items = list(enumerate(todo, 1))
-    with ThreadPoolExecutor(max_workers=gpus) as pool:
-        # round-robin GPU slots; each slot runs its runs one after another
-        slots = [[(s, it) for it in items[s::gpus]] for s in range(gpus)]
-        futures = [pool.submit(lambda batch: [work(x) for x in batch], b) for b in slots]
-        for f in futures:
-            f.result()
+    def work(slot: int) -> None:
+        while (item := next_item()) is not None:
+            i, (run, ovr) = item
+            _announce(i, len(todo), run, start)
+            code = (
+                "from pathlib import Path; from mlic.reproduce import train_one; "
+                f"train_one({run.name!r}, {run.preset!r}, {ovr!r}, Path({str(results)!r}))"
+            )
+            env = {**os.environ, **slots[slot]}
+            proc = subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, text=True
+            )
+            if proc.returncode:
+                last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise MlicError(f"run {run.name} failed in worker {slot}: {last}")
+            _finished(run, results, start)
+
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        for future in [pool.submit(work, slot) for slot in range(len(slots))]:
+            future.result()
+
+
+def _finished(run: PlannedRun, results: Path, start: float) -> None:
+    metrics = read_metrics(results / "runs" / run.name) or {}
+    best = metrics.get("map")
+    result = f"mAP {best:.2f}" if isinstance(best, (int, float)) else "no metrics"
+    _say(f"[done] {run.name}: {result} ({time.perf_counter() - start:.0f} s elapsed)")
+
+
+def _say(line: str) -> None:
+    """One whole line (workers' threads print too: print() may split text from newline)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def build_outputs(results: Path, family: str) -> None:

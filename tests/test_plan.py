@@ -106,7 +106,8 @@ def test_the_pair_has_equal_depth_and_the_sizes_keep_the_ratio(family):
 
 def test_seeds_repeat_every_setting():
     plan = runs("embedded", seeds=3)
-    assert len(plan) == 3 * len(SETTINGS)
+    paper_settings = [s for s in SETTINGS if any(f.table != "budget" for f in s.feeds)]
+    assert len(plan) == 3 * len(paper_settings)
     assert len({r.name for r in plan}) == len(plan)
     dual = [r for r in plan if r.setting == "coco448-resnest-dual"]
     names = ["coco448-resnest-dual", "coco448-resnest-dual-seed1", "coco448-resnest-dual-seed2"]
@@ -116,6 +117,23 @@ def test_seeds_repeat_every_setting():
         assert load_config(run.preset, run.overrides).train.seed == k
         assert setting(run.name).name == "coco448-resnest-dual"
     assert all(r.seed is None and "train.seed" not in r.overrides for r in runs("embedded"))
+
+
+@pytest.mark.parametrize("family", ["embedded", "paper"])
+def test_the_budget_runs_repeat_two_settings_at_twice_the_epochs(family):
+    budget = runs(family, only="budget")
+    assert not {r.name for r in budget} & {r.name for r in runs(family)}  # asked for only
+    for run in budget:
+        base = next(r for r in runs(family) if r.name == run.name.removesuffix("-2x"))
+        once, twice = (load_config(r.preset, r.overrides) for r in (base, run))
+        assert twice.train.epochs == 2 * once.train.epochs
+        twice.train.epochs = once.train.epochs  # and nothing else differs, the name aside
+        twice.name = once.name
+        assert twice.to_dict() == once.to_dict()
+    assert {r.name for r in budget} == {
+        "coco448-resnest-dual-2x",
+        "coco448-resnet-transformer-2x",
+    }
 
 
 def test_only_filters_by_table():

@@ -95,8 +95,8 @@ def test_a_missing_weight_file_retrains_the_pretext_run_only_when_a_run_needs_it
         ovr = run_overrides(run, "embedded", None, [], tmp_path)
         (run_dir / "config.yaml").write_text(load_config(run.preset, ovr).to_yaml())
         (run_dir / "metrics.json").write_text(json.dumps({"map": 1.0, "complete": True}))
-    reproduce.reproduce("embedded", results=tmp_path, only=["table3"])
+    reproduce.reproduce("embedded", results=tmp_path, only=["table3"], jobs=1)
     assert trained == []
     (tmp_path / "runs" / "voc448-resnest-dual" / "metrics.json").unlink()
-    reproduce.reproduce("embedded", results=tmp_path, only=["table3"])
+    reproduce.reproduce("embedded", results=tmp_path, only=["table3"], jobs=1)
     assert trained == ["pretext-resnest", "voc448-resnest-dual"]

@@ -122,7 +122,7 @@ def test_retrain_trains_runs_whose_records_are_complete(tmp_path, monkeypatch, r
         _complete_record(tmp_path, r, run_overrides(r, "embedded", None, [], tmp_path))
         for r in planned
     ]
-    reproduce.reproduce("embedded", results=tmp_path, only=["table4"], retrain=retrain)
+    reproduce.reproduce("embedded", results=tmp_path, only=["table4"], retrain=retrain, jobs=1)
     # Retraining needs the pretext backbones first (their weight files are not committed).
     pretexts = ["pretext-resnet", "pretext-resnest"]
     assert trained == (pretexts + [r.name for r in planned] if retrain else [])
@@ -227,6 +227,6 @@ def test_an_interrupted_run_of_the_same_configuration_is_kept_for_the_notebook_t
     (interrupted / "metrics.json").unlink()
     (interrupted / "checkpoints").mkdir()
     (interrupted / "checkpoints" / "last.pt").write_bytes(b"checkpoint")
-    reproduce.reproduce("embedded", results=tmp_path, only=["table3"])
+    reproduce.reproduce("embedded", results=tmp_path, only=["table3"], jobs=1)
     assert trained == ["voc448-resnest-dual"]
     assert (interrupted / "checkpoints" / "last.pt").is_file()

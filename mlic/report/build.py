@@ -8,6 +8,7 @@ from typing import Any
 
 from mlic import paper
 from mlic.report.ablation import table4, table4b
+from mlic.report.budget import table6
 from mlic.report.comparison import comparison_table, table3
 from mlic.report.figures import figure5, figure6
 from mlic.report.other_runs import other_runs_table
@@ -20,7 +21,7 @@ from mlic.report.table import Table
 def build_tables(runs_dir: Path, family: str = "embedded") -> dict[str, Table]:
     """Tables 1-5 as `Table`s (numbers; NaN where missing). Keys: table1, table2, table3,
     table3_classes, table4, table4b (effects paired over seeds), table5 (AP by object size),
-    table5_effects (table4b's effects per size bucket), and other_runs when there are any."""
+    table5_effects (table4b's effects per size bucket), table6 (the budget check), and other_runs when there are any."""
     return tables_of(collect(Path(runs_dir), family))
 
 
@@ -47,6 +48,7 @@ def tables_of(collected: Collected) -> dict[str, Table]:
         "table4b": table4b(collected),
         "table5": table5(collected),
         "table5_effects": table5_effects(collected),
+        "table6": table6(collected),
     }
     other = other_runs_table(collected)
     if other is not None:

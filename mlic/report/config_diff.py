@@ -18,7 +18,7 @@ from typing import Any
 from mlic import pretext
 from mlic.config import Config, from_dict, load_config
 from mlic.errors import ConfigError, one_line
-from mlic.plan import pretext_run_for, runs
+from mlic.plan import TABLES, pretext_run_for, runs
 
 # Keys in which a run may differ from the plan and still be a seed of the plan's configuration:
 # the seed itself, the run's name, and what only decides where, how fast or how visibly the same
@@ -87,7 +87,7 @@ def planned_config(setting_name: str, family: str) -> dict[str, Any]:
     """The flat configuration the plan gives `setting_name` in `family`, as `mlic reproduce`
     trains it: the preset, the plan's overrides, and the two values reproduce adds that depend
     on the machine (so they are `Loose`)."""
-    run = next(r for r in runs(family) if r.setting == setting_name)
+    run = next(r for r in runs(family, only=TABLES) if r.setting == setting_name)
     out = flat(load_config(run.preset, run.overrides))
     if family == "paper":  # the data folder is the user's --data-root (DIR/coco, DIR/voc)
         out["data.root"] = Loose("a data folder (--data-root)", bool)

@@ -20,7 +20,15 @@ from mlic.report.table import PAPER, Table
 from mlic.runrecord import atomic_write_bytes, read_metrics
 from mlic.safeload import load_json
 
-TABLE_FILES = ("table1", "table2", "table3", "table4", "table4b", "table5")  # tables/<name>.md
+TABLE_FILES = (
+    "table1",
+    "table2",
+    "table3",
+    "table4",
+    "table4b",
+    "table5",
+    "table6",
+)  # tables/<name>.md
 OTHER_RUNS = "other_runs"  # tables/other_runs.{md,csv}, only while there are other runs
 
 
