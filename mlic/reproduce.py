@@ -305,8 +305,9 @@ def _train_in_parallel(
     start: float,
 ) -> None:
     """Independent runs in worker processes, one per slot at a time, each taking the next run
-    of the queue when its last one ends (so a long run does not hold up a short one's slot)."""
-    queue = list(enumerate(todo, 1))
+    of the queue when its last one ends. The queue starts with the longest runs (by
+    `relative_cost`), so that no long run starts last while the other slots stand idle."""
+    queue = list(enumerate(sorted(todo, key=lambda item: -relative_cost(item[0])), 1))
     lock = threading.Lock()
 
     def next_item():
@@ -326,6 +327,8 @@ def _train_in_parallel(
                 [sys.executable, "-c", code], env=env, capture_output=True, text=True
             )
             if proc.returncode:
+                with lock:
+                    queue.clear()  # the other workers finish their runs and take no new one
                 last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
                 raise MlicError(f"run {run.name} failed in worker {slot}: {last}")
             _finished(run, results, start)
@@ -333,6 +336,13 @@ def _train_in_parallel(
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         for future in [pool.submit(work, slot) for slot in range(len(slots))]:
             future.result()
+
+
+def relative_cost(run: PlannedRun) -> float:
+    """A run's training work up to a constant: epochs x pixels per image (its preset's values
+    where the plan does not override them)."""
+    cfg = load_config(run.preset, run.overrides)
+    return cfg.train.epochs * cfg.data.image_size**2
 
 
 def _finished(run: PlannedRun, results: Path, start: float) -> None:

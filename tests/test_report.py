@@ -407,7 +407,6 @@ def test_the_report_never_imports_the_engine():
         "mlic.attention",  # the walkthrough's summary file name (torch only inside functions)
         "mlic.config",  # the plan's configuration, to compare records with (no torch)
         "mlic.effects",  # the paired CI (scipy, no torch)
-        "mlic.convergence",  # pure Python over history rows
         "mlic.errors",
         "mlic.plan",
         "mlic.paper",

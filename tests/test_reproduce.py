@@ -230,3 +230,29 @@ def test_an_interrupted_run_of_the_same_configuration_is_kept_for_the_notebook_t
     reproduce.reproduce("embedded", results=tmp_path, only=["table3"], jobs=1)
     assert trained == ["voc448-resnest-dual"]
     assert (interrupted / "checkpoints" / "last.pt").is_file()
+
+
+def test_parallel_workers_split_the_cores_and_take_the_longest_runs_first(monkeypatch):
+    import mlic.reproduce as reproduce
+
+    monkeypatch.setattr(reproduce.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert reproduce._slots(None, 2) == [{"OMP_NUM_THREADS": "2"}] * 2
+    assert reproduce._slots(None, 1) == [{}]
+    assert reproduce._slots(2, 1) == [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
+    assert reproduce.auto_jobs("paper", None) == 1
+    assert reproduce.auto_jobs("embedded", 2) == 1
+    plan = runs("embedded") + runs("embedded", only="budget")
+    ordered = sorted(plan, key=lambda r: -reproduce.relative_cost(r))
+    assert [r.name for r in ordered[:4]] == [
+        "coco448-resnest-dual-2x",  # 32 epochs at 56 px
+        "coco448-resnet-transformer-2x",
+        "coco576-resnet-transformer",  # 16 epochs at 72 px
+        "coco576-resnest-dual",
+    ]
+
+
+def test_reproduce_refuses_zero_jobs(tmp_path):
+    import mlic.reproduce as reproduce
+
+    with pytest.raises(MlicError, match="--jobs 0"):
+        reproduce.reproduce("embedded", results=tmp_path, jobs=0)

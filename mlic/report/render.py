@@ -63,7 +63,9 @@ def display_frame(table: Table) -> pd.DataFrame:
                 cell(Summary(m, s, int(k), "")) for m, s, k in zip(values, std, n, strict=True)
             ]
         elif column in table.two_decimals:
-            out[column] = [f"{v:.2f}" for v in values]
+            out[column] = ["" if math.isnan(v) else f"{v:.2f}" for v in values]
+        elif column in table.integers:
+            out[column] = ["" if math.isnan(v) else f"{v:.0f}" for v in values]
         elif any(word in column for word in ("Difference", "difference", "Gain", " - ")):
             out[column] = [signed(v) for v in values]
         elif column == f"mAP, {PAPER}" and "_paper_text" in df:

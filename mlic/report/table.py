@@ -33,6 +33,7 @@ class Table:
     csv_only: tuple[str, ...] = ()
     markdown_only: tuple[str, ...] = ()
     two_decimals: tuple[str, ...] = ()  # numbers shown as 12.34 in Markdown
+    integers: tuple[str, ...] = ()  # numbers shown as 16 in Markdown
 
 
 def feeding(table: str) -> dict[str, str]:
