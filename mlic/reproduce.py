@@ -236,7 +236,7 @@ def reproduce(
 def auto_jobs(family: str, gpus: int | None) -> int:
     """Runs at once when --jobs is not given: two for the embedded plan on a CPU with two or
     more cores, else one. The embedded runs are small enough that two single-thread runs
-    train about 1.3x as many images a second as one run on both cores (docs/performance.md)."""
+    train about 1.2x as many images a second as one run on both cores (docs/performance.md)."""
     if family != "embedded" or gpus is not None or len(os.sched_getaffinity(0)) < 2:
         return 1
     import torch

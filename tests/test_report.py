@@ -23,7 +23,7 @@ import mlic.report as report
 from mlic.config import load_config
 from mlic.errors import DataError
 from mlic.paper import TABLE1, TABLE4, VOC_CLASSES
-from mlic.plan import pretext_run_for, runs
+from mlic.plan import TABLES, pretext_run_for, runs
 from mlic.report import RESULTS_PAGE, build_report, build_tables, update_readme
 from mlic.report.config_diff import flat
 
@@ -32,9 +32,12 @@ LAST_GAP = 1.5
 BEST = "this replication, best epoch"
 
 
+PLAN_EPOCHS = load_config("embedded").train.epochs
+
+
 def fake_map(setting: str, seed: int | None) -> float:
     """A distinct, known mAP per setting and seed."""
-    names = [r.setting for r in runs("embedded")]
+    names = [r.setting for r in runs("embedded", only=TABLES)]
     return 40.0 + 3.0 * names.index(setting) + (seed or 0) * 0.5
 
 
@@ -95,7 +98,7 @@ def write_run(
 
 
 def make_runs(runs_dir: Path, family: str = "embedded", seeds: int = 1, **kwargs) -> None:
-    for run in runs(family, seeds=seeds):
+    for run in runs(family, seeds=seeds, only=TABLES):  # Table 6's budget runs too
         write_run(runs_dir, run, fake_map(run.setting, run.seed), **kwargs)
 
 
@@ -258,6 +261,8 @@ def test_report_files_and_byte_identical_rebuild(full, tmp_path):
         "tables/table5.csv",
         "tables/table5.md",
         "tables/table5_effects.csv",
+        "tables/table6.csv",
+        "tables/table6.md",
     ]
     first = {p: p.read_bytes() for p in files}
     for name in ("figure5", "figure6"):
@@ -380,7 +385,7 @@ def test_unknown_family_and_runs_dir(tmp_path):
 
 def test_empty_runs_dir_gives_empty_cells(tmp_path):
     out = build_report(tmp_path, tmp_path / "results", "embedded")
-    assert len(out["missing"]) == len(runs("embedded"))
+    assert len(out["missing"]) == len(runs("embedded", only=TABLES))
     t1 = pd.read_csv(tmp_path / "results" / "tables" / "table1.csv")
     assert t1[f"mAP, {BEST}"].isna().all()
 
@@ -509,14 +514,16 @@ def test_a_run_of_another_configuration_is_listed_not_averaged(tmp_path):
     assert list(other["Run"]) == ["coco448-resnest-dual-seed3", "coco448-resnest-dual-seed4"]
     assert list(other["Setting"]) == ["coco448-resnest-dual"] * 2 and list(other["Seed"]) == [3, 4]
     differs = dict(zip(other["Run"], other["Differs from the plan in"], strict=True))
-    assert differs["coco448-resnest-dual-seed3"] == "train.epochs: 1 (plan: 4)"
+    assert differs["coco448-resnest-dual-seed3"] == f"train.epochs: 1 (plan: {PLAN_EPOCHS})"
     assert differs["coco448-resnest-dual-seed4"] == (
         "model.pretrained_file: '' (plan: '<results>/runs/pretext-resnest/checkpoints/backbone.pt')"
     )
     recorded = json.loads((runs_dir / "coco448-resnest-dual" / "metrics.json").read_text())["map"]
     assert other[f"mAP, {BEST}"].tolist() == [round(recorded, 2)] * 2
     md = (out_dir / "tables" / "other_runs.md").read_text()
-    assert "train.epochs: 1 (plan: 4)" in md and "train.seed" in md  # the ignore list is stated
+    assert (
+        f"train.epochs: 1 (plan: {PLAN_EPOCHS})" in md and "train.seed" in md
+    )  # the ignore list is stated
     readme = tmp_path / "README.md"
     readme.write_text(f"{report.README_BEGIN}\n{report.README_END}\n")
     update_readme(readme, out_dir)

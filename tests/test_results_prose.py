@@ -29,6 +29,7 @@ def prose(text: str) -> str:
         text = head + rest.split(README_END, 1)[-1]
     text = re.sub(r"```.*?```", "", text, flags=re.S)
     text = re.sub(r"`[^`\n]*`", "", text)
+    text = re.sub(r"Python \d+\.\d+(–\d+\.\d+)?", "Python", text)  # versions, not results
     return re.sub(r"\]\([^)]*\)", "]", text)
 
 
@@ -50,7 +51,7 @@ def table_numbers() -> set[str]:
 
 def test_the_rule_finds_quoted_numbers_and_skips_the_rest():
     text = (
-        "reaches **61.91 ± 0.24 % mAP**, −2.28 [−4.53, +0.02] points; torch 2.14.1, "
+        "reaches **61.91 ± 0.24 % mAP**, −2.28 [−4.53, +0.02] points; torch 2.14.1, Python 3.11–3.13, "
         "doi 10.3969/j.issn, `mlic train --set train.lr=0.004`, [x](a/1.25.md) 9.2 %\n"
         f"{README_BEGIN}\n| 99.99 |\n{README_END}\n```\n12.34\n```"
     )
