@@ -99,12 +99,12 @@ def budget_line(collected: Collected) -> str:
     once = next((r for r in collected.records.get(OURS, []) if r.seed in (0, None)), None)
     twice = next(iter(collected.records.get(f"{OURS}-2x", [])), None)
     if once is None or twice is None:
-        return "no run at twice the epochs yet (mlic reproduce --only budget): budget not checked"
+        return "no run at twice the epochs yet (mlic reproduce --only budget)\nbudget not checked"
     change = twice.map - once.map
     verdict = "long enough" if abs(change) < ROBUST_POINTS else "NOT long enough"
     return (
-        f"twice the epochs ({twice.get('train.epochs')}): {change:+.2f} points of best-epoch mAP, "
-        f"seed 0; budget {verdict} (criterion: < {ROBUST_POINTS:g} point, Table 6)"
+        f"twice the epochs ({twice.get('train.epochs')}): {change:+.2f} points of best-epoch mAP "
+        f"(seed 0)\nbudget {verdict} (criterion: < {ROBUST_POINTS:g} point, Table 6)"
     )
 
 
