@@ -307,7 +307,8 @@ def _train_in_parallel(
     """Independent runs in worker processes, one per slot at a time, each taking the next run
     of the queue when its last one ends. The queue starts with the longest runs (by
     `relative_cost`), so that no long run starts last while the other slots stand idle."""
-    queue = list(enumerate(sorted(todo, key=lambda item: -relative_cost(item[0])), 1))
+    longest_first = sorted(todo, key=lambda item: -relative_cost(item[0].preset, item[1]))
+    queue = list(enumerate(longest_first, 1))
     lock = threading.Lock()
 
     def next_item():
@@ -338,10 +339,10 @@ def _train_in_parallel(
             future.result()
 
 
-def relative_cost(run: PlannedRun) -> float:
-    """A run's training work up to a constant: epochs x pixels per image (its preset's values
-    where the plan does not override them)."""
-    cfg = load_config(run.preset, run.overrides)
+def relative_cost(preset: str, overrides: Sequence[str]) -> float:
+    """A run's training work up to a constant: epochs x pixels per image, of the configuration
+    it is trained with (the plan's overrides and the user's --set included)."""
+    cfg = load_config(preset, list(overrides))
     return cfg.train.epochs * cfg.data.image_size**2
 
 

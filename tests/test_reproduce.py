@@ -242,7 +242,7 @@ def test_parallel_workers_split_the_cores_and_take_the_longest_runs_first(monkey
     assert reproduce.auto_jobs("paper", None) == 1
     assert reproduce.auto_jobs("embedded", 2) == 1
     plan = runs("embedded") + runs("embedded", only="budget")
-    ordered = sorted(plan, key=lambda r: -reproduce.relative_cost(r))
+    ordered = sorted(plan, key=lambda r: -reproduce.relative_cost(r.preset, r.override_strings()))
     assert [r.name for r in ordered[:4]] == [
         "coco448-resnest-dual-2x",  # 32 epochs at 56 px
         "coco448-resnet-transformer-2x",

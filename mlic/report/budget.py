@@ -33,9 +33,23 @@ CHANGE = "Difference (doubled - plan)"
 VERDICT, AT_TWICE = "Table 4b verdict (plan's epochs)", "At twice the epochs"
 
 
-def _seed0(records: list[RunRecord]) -> RunRecord | None:
-    """The record trained with the preset's seed (the run the budget run repeats), if any."""
-    return next((r for r in records if r.seed in (0, None)), None)
+def budget_pair(collected: Collected, cell: str) -> tuple[RunRecord | None, RunRecord | None]:
+    """The seed-0 record of Table 4's `cell` and of its run at twice the epochs (None where
+    missing): the pair Table 6 and Figure 6 compare."""
+    once, twice = (
+        next((r for r in collected.records.get(name, []) if r.seed in (0, None)), None)
+        for name in (feeding("table4")[cell], feeding("budget")[cell])
+    )
+    return once, twice
+
+
+def long_enough(change: float) -> bool:
+    """Table 6's criterion: doubling the epochs moved the run by less than ROBUST_POINTS."""
+    return abs(change) < ROBUST_POINTS
+
+
+def _map(record: RunRecord | None) -> float:
+    return record.map if record is not None else math.nan
 
 
 def _epochs(record: RunRecord | None) -> float:
@@ -44,25 +58,20 @@ def _epochs(record: RunRecord | None) -> float:
 
 def table6(collected: Collected) -> Table:
     """A row per budget setting, then their difference with Table 4b's verdict on it."""
-    plan, doubled = feeding("table4"), feeding("budget")
     rows: list[dict[str, Any]] = []
-    used: list[RunRecord] = []
-    pair = {}
+    pair = {cell: budget_pair(collected, cell) for cell in ROWS}
+    used = [r for both in pair.values() for r in both if r is not None]
     for cell, label in ROWS.items():
-        base = _seed0(collected.records.get(plan[cell], []))
-        twice = _seed0(collected.records.get(doubled[cell], []))
-        used += [r for r in (base, twice) if r is not None]
-        pair[cell] = (base, twice)
-        once_map, twice_map = (r.map if r else math.nan for r in (base, twice))
-        rows.append(_row(label, base, once_map, twice, twice_map))
+        base, twice = pair[cell]
+        rows.append(_row(label, base, _map(base), twice, _map(twice)))
         rows[-1]["Within 1 point"] = _within(rows[-1][CHANGE])
     (a_once, a_twice), (b_once, b_twice) = pair["resnest-dual"], pair["resnet-transformer"]
     gap = _row(
         "Ours - ResNet + Transformer (seed 0)",
         a_once,
-        diff(*(r.map if r else math.nan for r in (a_once, b_once))),
+        diff(_map(a_once), _map(b_once)),
         a_twice,
-        diff(*(r.map if r else math.nan for r in (a_twice, b_twice))),
+        diff(_map(a_twice), _map(b_twice)),
     )
     gap[VERDICT], gap[AT_TWICE] = verdict_cells(collected, gap["mAP, doubled"])
     rows.append(gap)
@@ -82,7 +91,7 @@ def table6(collected: Collected) -> Table:
             "seeds at the plan's epochs, and whether the difference at twice the epochs keeps "
             "the verdict's side (one seed: no interval of its own).",
         ],
-        missing=missing_line(collected, list(doubled.values())),
+        missing=missing_line(collected, list(feeding("budget").values())),
         two_decimals=("mAP", "mAP, doubled"),
         integers=("Epochs", "Epochs, doubled"),
     )
@@ -102,7 +111,7 @@ def _row(
 
 
 def _within(change: float) -> str:
-    return "" if math.isnan(change) else ("yes" if abs(change) < ROBUST_POINTS else "no")
+    return "" if math.isnan(change) else ("yes" if long_enough(change) else "no")
 
 
 def verdict_cells(collected: Collected, doubled: float) -> tuple[str, str]:

@@ -19,9 +19,10 @@ from mlic.report.table import Table
 
 
 def build_tables(runs_dir: Path, family: str = "embedded") -> dict[str, Table]:
-    """Tables 1-5 as `Table`s (numbers; NaN where missing). Keys: table1, table2, table3,
+    """Tables 1-6 as `Table`s (numbers; NaN where missing). Keys: table1, table2, table3,
     table3_classes, table4, table4b (effects paired over seeds), table5 (AP by object size),
-    table5_effects (table4b's effects per size bucket), table6 (the budget check), and other_runs when there are any."""
+    table5_effects (table4b's effects per size bucket), table6 (the budget check), and
+    other_runs when there are any."""
     return tables_of(collect(Path(runs_dir), family))
 
 

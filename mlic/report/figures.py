@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlic.report.budget import ROBUST_POINTS
+from mlic.report.budget import ROBUST_POINTS, budget_pair, long_enough
 from mlic.report.captions import DATASET_NAMES
 from mlic.report.records import Collected
 
@@ -94,14 +94,12 @@ def figure5(collected: Collected) -> bytes:
 
 
 def budget_line(collected: Collected) -> str:
-    """Whether "ours" trained long enough, by Table 6's criterion: doubling the epochs moved
-    its best-epoch mAP by less than ROBUST_POINTS (seed 0)."""
-    once = next((r for r in collected.records.get(OURS, []) if r.seed in (0, None)), None)
-    twice = next(iter(collected.records.get(f"{OURS}-2x", [])), None)
+    """Whether "ours" trained long enough, by Table 6's criterion (seed 0)."""
+    once, twice = budget_pair(collected, "resnest-dual")
     if once is None or twice is None:
         return "no run at twice the epochs yet (mlic reproduce --only budget)\nbudget not checked"
     change = twice.map - once.map
-    verdict = "long enough" if abs(change) < ROBUST_POINTS else "NOT long enough"
+    verdict = "long enough" if long_enough(change) else "NOT long enough"
     return (
         f"twice the epochs ({twice.get('train.epochs')}): {change:+.2f} points of best-epoch mAP "
         f"(seed 0)\nbudget {verdict} (criterion: < {ROBUST_POINTS:g} point, Table 6)"
