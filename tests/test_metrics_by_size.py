@@ -47,10 +47,27 @@ def test_hand_made_case():
     got = map_by_size(scores, labels, areas)
     # small: positives at 0.9 and 0.5, the medium one (0.7) left out, negatives kept:
     # ranking 1, 0, 0, 1 -> (1/1 + 2/4) / 2 = 75 %.
-    assert got["small"] == {"map": pytest.approx(75.0), "num_positives": 2, "num_classes": 1}
-    # medium: ranking 0, 1, 0 (the small positives left out) -> 1/2 = 50 %, not 1/3.
-    assert got["medium"] == {"map": pytest.approx(50.0), "num_positives": 1, "num_classes": 1}
-    assert got["large"] == {"map": None, "num_positives": 0, "num_classes": 0}
+    # At chance (all 24 orders of 2 positives among 4 equally likely): 49/72 = 68.06 %.
+    assert got["small"] == {
+        "map": pytest.approx(75.0),
+        "chance_map": pytest.approx(100 * 49 / 72),
+        "num_positives": 2,
+        "num_classes": 1,
+    }
+    # medium: ranking 0, 1, 0 (the small positives left out) -> 1/2 = 50 %, not 1/3; at
+    # chance 1 positive of 3: (1 + 1/2 + 1/3) / 3.
+    assert got["medium"] == {
+        "map": pytest.approx(50.0),
+        "chance_map": pytest.approx(100 * (1 + 1 / 2 + 1 / 3) / 3),
+        "num_positives": 1,
+        "num_classes": 1,
+    }
+    assert got["large"] == {
+        "map": None,
+        "chance_map": None,
+        "num_positives": 0,
+        "num_classes": 0,
+    }
     assert got["num_positives_without_area"] == 0
 
 
@@ -118,3 +135,17 @@ def test_is_json_and_states_its_rule():
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="largest_area_fraction"):
         map_by_size(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 2)))
+
+
+def test_chance_is_the_mean_ap_of_random_rankings():
+    """The floor a bucket's mAP is read against: the expectation over shuffled scores, which
+    with a few positives among many negatives lies well above the positive rate."""
+    rng = np.random.default_rng(3)
+    n, k = 400, 3
+    labels = (rng.random((n, k)) < 0.02).astype(int)
+    labels[0] = 1  # every class has a positive
+    areas = np.where(labels == 1, fraction(500), np.nan)  # all small
+    chance = map_by_size(rng.random((n, k)), labels, areas)["small"]["chance_map"]
+    shuffled = [float(np.mean(average_precision(rng.random((n, k)), labels))) for _ in range(4000)]
+    assert chance == pytest.approx(np.mean(shuffled), rel=0.03)
+    assert chance > 1.5 * 100 * labels.mean()

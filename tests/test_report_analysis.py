@@ -46,6 +46,7 @@ def size_block(m: float, small: int = 0) -> dict:
     return {
         "small": {
             "map": m - 10 if small else None,
+            "chance_map": 1.5 if small else None,
             "num_positives": small,
             "num_classes": min(small, 3),
         },
@@ -147,8 +148,10 @@ def test_table5_means_over_seeds_and_states_the_rule_and_counts(tmp_path):
     make_table4_runs(tmp_path / "runs", seeds=3, sizes=True)
     table = build_tables(tmp_path / "runs", "embedded")["table5"]
     t5 = table.frame
-    settings = [s.name for s in SETTINGS if any(f.table == "table4" for f in s.feeds)]
-    assert list(t5["Setting"]) == settings
+    table4 = [s.name for s in SETTINGS if any(f.table == "table4" for f in s.feeds)]
+    assert list(t5["Setting"]) == table4 + ["coco576-resnet-transformer", "coco576-resnest-dual"]
+    missing = report.markdown_block(table).split("Missing runs: ")[1]
+    assert "coco576-resnest-dual (no run directory)" in missing
     row = t5[t5["Setting"] == "coco448-resnest-dual"].iloc[0]
     maps = [value("coco448-resnest-dual", s) for s in range(3)]
     assert row["mAP, medium"] == pytest.approx(np.mean(maps) - 3)
@@ -156,11 +159,31 @@ def test_table5_means_over_seeds_and_states_the_rule_and_counts(tmp_path):
     assert row["large, std"] == pytest.approx(np.std(maps, ddof=1)) and row["large, n"] == 3
     assert row["mAP, all sizes"] == pytest.approx(np.mean(maps))
     assert math.isnan(row["mAP, small"]) and row["small, n"] == 0
+    assert math.isnan(row["small at chance"]) and row["Input"] == "56 px"
     assert row["Note"] == "no positives in the small bucket"
     md = report.markdown_block(table)
     assert "small < 32² px, medium < 96² px" in md and "640×480" in md and "0.33 %" in md
     assert "small 0 (0), medium 300 (3), large 500 (3)" in md
     assert f"{np.mean(maps) + 4:.2f} ± {np.std(maps, ddof=1):.2f} (n=3)" in md
+
+
+def test_table5_adds_the_larger_input_and_the_small_buckets_chance_level(tmp_path):
+    make_table4_runs(tmp_path / "runs", seeds=1)
+    for run in runs("embedded", seeds=1, only="table2"):
+        d = tmp_path / "runs" / run.name
+        if not d.exists():
+            d = write_run(tmp_path / "runs", run, 45.0)
+            path = d / "metrics.json"
+            metrics = json.loads(path.read_text())
+            metrics["map_by_size"] = size_block(45.0, small=40)
+            path.write_text(json.dumps(metrics))
+    table = build_tables(tmp_path / "runs", "embedded")["table5"]
+    row = table.frame.set_index("Setting").loc["coco576-resnest-dual"]
+    assert row["Input"] == "72 px" and row["mAP, small"] == pytest.approx(35.0)
+    assert row["small at chance"] == pytest.approx(1.5)
+    md = report.markdown_block(table)
+    assert "Missing runs" not in md and "small at chance" in md and "random ranking" in md
+    assert "input 56, 72 px (paper: 448 and 576 px)" in md
 
 
 def test_table5_second_block_pairs_the_effects_within_each_bucket(tmp_path):
@@ -196,14 +219,14 @@ def test_table5_without_map_by_size_is_an_empty_cell_with_the_reason(tmp_path):
     md = (tmp_path / "results" / "tables" / "table5.md").read_text()
     line = next(x for x in md.splitlines() if "| coco448-resnet-dual |" in x)
     cells = [c.strip() for c in line.split("|")[1:-1]]
-    assert cells[3:7] == ["", "", "", ""]
+    assert cells[3] == "56 px" and cells[4:9] == ["", "", "", "", ""]
     assert (
         cells[-1].startswith("no map_by_size in metrics.json")
         and "coco448-resnet-dual" in cells[-1]
     )
     assert "coco448-resnet-dual" not in out["missing"]  # complete: only the field is absent
     other = next(x for x in md.splitlines() if "| coco448-resnest-dual |" in x)
-    assert other.split("|")[5].strip() != ""  # the medium cell of a run that has the field
+    assert other.split("|")[7].strip() != ""  # the medium cell of a run that has the field
 
 
 def test_table5_with_no_record_at_all_builds(tmp_path):
