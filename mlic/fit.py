@@ -27,6 +27,7 @@ from mlic.compilation import Compiler
 from mlic.config import Config, load_config
 from mlic.data import build_dataset
 from mlic.data.checks import require_labels, unseen_in_training
+from mlic.data.embedded import read_marker
 from mlic.data.holdout import without_holdout
 from mlic.distributed import sync_buffers
 from mlic.engine import evaluate, train_one_epoch
@@ -36,6 +37,7 @@ from mlic.losses import AsymmetricLoss
 from mlic.models import build_model_from_config
 from mlic.optim import build_ema, build_optimizer, build_scheduler
 from mlic.runrecord import (
+    GENERATOR_KEY,
     HISTORY_COLUMNS,
     ITERATION_COLUMNS,
     atomic_write_text,
@@ -333,6 +335,14 @@ def execution_metrics(cfg: Config, rt: Runtime) -> dict[str, Any]:
     }
 
 
+def _generator_version(cfg: Config) -> int | None:
+    """The version in the embedded data's marker (what this run trained on); None otherwise."""
+    if not cfg.data.is_embedded:
+        return None
+    marker = read_marker(Path(cfg.data.embedded_root)) or {}
+    return marker.get("version")
+
+
 def _final_metrics(
     cfg: Config,
     rt: Runtime,
@@ -353,6 +363,7 @@ def _final_metrics(
         "last": last,
         "dataset": cfg.data.dataset,
         "embedded": cfg.data.is_embedded,
+        GENERATOR_KEY: _generator_version(cfg),
         "split": cfg.data.split("val"),
         "image_size": cfg.data.image_size,
         "backbone": cfg.model.backbone,

@@ -27,7 +27,7 @@ from mlic.config import load_config
 from mlic.data.embedded import ensure_embedded
 from mlic.errors import ConfigError, MlicError
 from mlic.plan import PlannedRun, pretext_run_for, pretext_runs, runs
-from mlic.runrecord import atomic_write_text, read_metrics
+from mlic.runrecord import atomic_write_text, read_metrics, stale_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -85,9 +85,13 @@ def recorded_config_matches(run_dir: Path, preset: str, overrides: list[str]) ->
 
 
 def is_complete(run_dir: Path, preset: str, overrides: list[str]) -> bool:
-    """A run is skipped only when its record is complete and was made by the same config."""
-    return read_metrics(run_dir) is not None and bool(
-        recorded_config_matches(run_dir, preset, overrides)
+    """A run is skipped only when its record is complete, was made by the same config and, on
+    the embedded data, by the present generator (a new version redraws every image)."""
+    metrics = read_metrics(run_dir)
+    return (
+        metrics is not None
+        and stale_data(metrics) is None
+        and bool(recorded_config_matches(run_dir, preset, overrides))
     )
 
 
@@ -277,9 +281,18 @@ def _needs_training(run: PlannedRun, ovr: list[str], results: Path, retrain: boo
     pretext run also needs its backbone weight file (not committed, like the checkpoints)."""
     run_dir = results / "runs" / run.name
     matches = recorded_config_matches(run_dir, run.preset, ovr)
-    finished = matches and read_metrics(run_dir) is not None
+    metrics = read_metrics(run_dir) if matches else None
+    finished = metrics is not None
+    stale = stale_data(metrics) if metrics is not None else None
     if retrain and run_dir.exists():
         print(f"[retrain] {run.name}: deleting its record to train it again", flush=True)
+        shutil.rmtree(run_dir)
+    elif stale:
+        print(
+            f"[redo] {run.name}: trained on embedded data of generator version {stale[0]}, "
+            f"the generator is now version {stale[1]}",
+            flush=True,
+        )
         shutil.rmtree(run_dir)
     elif finished and is_pretext(run) and not pretext.weights_path(run_dir).is_file():
         print(f"[redo] {run.name}: its backbone weight file is not on disk", flush=True)

@@ -211,3 +211,19 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
     if not isinstance(metrics, dict):
         raise DataError(f"{path}: expected a JSON object, found {type(metrics).__name__}")
     return metrics if metrics.get("complete") is True else None
+
+
+# The metrics.json key holding the embedded generator's version a run was trained on (None
+# for other data): the configuration cannot say it, since the generator lives in the code.
+GENERATOR_KEY = "embedded_generator"
+
+
+def stale_data(metrics: dict[str, Any]) -> tuple[Any, int] | None:
+    """(recorded, current) generator versions when an embedded run was trained on data the
+    present generator no longer makes (or the record predates the key); None otherwise."""
+    from mlic.data.embedded import GENERATOR_VERSION  # the data package imports PIL: lazily
+
+    if metrics.get("embedded") is not True:
+        return None
+    recorded = metrics.get(GENERATOR_KEY)
+    return None if recorded == GENERATOR_VERSION else (recorded, GENERATOR_VERSION)

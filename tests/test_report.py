@@ -21,11 +21,13 @@ import yaml
 
 import mlic.report as report
 from mlic.config import load_config
+from mlic.data.embedded import GENERATOR_VERSION
 from mlic.errors import DataError
 from mlic.paper import TABLE1, TABLE4, VOC_CLASSES
 from mlic.plan import TABLES, pretext_run_for, runs
 from mlic.report import RESULTS_PAGE, build_report, build_tables, update_readme
 from mlic.report.config_diff import flat
+from mlic.runrecord import GENERATOR_KEY
 
 OWN_CLASSES = ["circle", "square", "triangle"]
 LAST_GAP = 1.5
@@ -82,6 +84,7 @@ def write_run(
         "dataset": cfg.data.dataset,
         "split": "val",
         "embedded": cfg.data.is_embedded,
+        GENERATOR_KEY: GENERATOR_VERSION if cfg.data.is_embedded else None,
         "image_size": cfg.data.image_size,
         "epochs": cfg.train.epochs,
         "seed": cfg.train.seed,

@@ -21,7 +21,7 @@ import pandas as pd
 from mlic.errors import ConfigError, DataError, one_line
 from mlic.plan import FAMILIES, SETTINGS
 from mlic.report.config_diff import Difference, differences, planned_config
-from mlic.runrecord import read_metrics
+from mlic.runrecord import GENERATOR_KEY, read_metrics, stale_data
 from mlic.safeload import MAX_TEXT_BYTES, load_yaml, read_bytes
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "map", "map_ema")
@@ -174,7 +174,7 @@ def collect(runs_dir: Path, family: str) -> Collected:
             if record is not None:
                 diffs = differences(
                     record.config, planned[s.name], str(record.path / "config.yaml")
-                )
+                ) + _data_difference(record)
                 if diffs:
                     out.other[name] = OtherRun(record, s.name, diffs)
                     reason = _not_planned(diffs, family)
@@ -192,8 +192,15 @@ def collect(runs_dir: Path, family: str) -> Collected:
             if record is not None:  # an unfinished run of another configuration is no result
                 source = str(record.path / "config.yaml")
                 diffs = differences(record.config, planned[setting], source)
+                diffs += _data_difference(record)
                 out.other[name] = OtherRun(record, setting, diffs)
     return out
+
+
+def _data_difference(record: RunRecord) -> tuple[Difference, ...]:
+    """An embedded run trained on another generator's images saw other data: not the plan's."""
+    stale = stale_data(record.metrics)
+    return () if stale is None else (Difference(f"metrics.{GENERATOR_KEY}", *stale),)
 
 
 def _tagged_setting(name: str) -> str | None:
