@@ -13,6 +13,7 @@ import torch
 
 from mlic.checkpoint import load_checkpoint, save_checkpoint
 from mlic.config import load_config
+from mlic.data.embedded import GENERATOR_VERSION
 from mlic.distributed import DistInfo, ShardSampler, gather_by_index
 from mlic.engine import NonFiniteLoss
 from mlic.errors import CheckpointError, MlicError
@@ -60,6 +61,7 @@ def test_run_record_is_complete(finished_run):
     assert len(iterations) == 2 * (48 // 8)
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["complete"] is True
+    assert cfg.data.is_embedded and saved["embedded_generator"] == GENERATOR_VERSION
     assert saved["weights"] in ("model", "ema")
     assert saved["map"] == max(saved["map_model"], saved["map_ema"])
     # The top level is the best epoch of max(model, EMA), as Query2Label and ASL report it;

@@ -565,6 +565,27 @@ def test_a_seed_may_differ_only_in_the_ignored_keys(tmp_path):
     assert set(flat(load_config("embedded"))) >= report.IGNORED
 
 
+def test_a_seed_trained_on_an_older_generators_images_is_listed_not_averaged(tmp_path):
+    runs_dir = committed_runs(tmp_path)
+    ours = next(r.label for r in TABLE1 if r.key == "ours")
+    n = row(frames(runs_dir, "embedded")["table1"], "Method", ours)["n"]
+    old = copy_record(
+        runs_dir, "coco448-resnest-dual", "coco448-resnest-dual-seed5", lambda c: None
+    )
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    config["train"]["seed"] = 5
+    (old / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    metrics = json.loads((old / "metrics.json").read_text())
+    metrics[GENERATOR_KEY] = GENERATOR_VERSION - 1
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    collected = report.collect(runs_dir, "embedded")
+    (difference,) = collected.other["coco448-resnest-dual-seed5"].differences
+    assert str(difference) == (
+        f"metrics.{GENERATOR_KEY}: {GENERATOR_VERSION - 1} (plan: {GENERATOR_VERSION})"
+    )
+    assert row(frames(runs_dir, "embedded")["table1"], "Method", ours)["n"] == n
+
+
 def test_a_tagged_run_is_listed_against_its_setting(tmp_path):
     runs_dir = committed_runs(tmp_path)
 

@@ -11,9 +11,16 @@ import yaml
 
 from mlic import pretext
 from mlic.config import load_config
+from mlic.data.embedded import GENERATOR_VERSION
 from mlic.errors import DataError, MlicError
 from mlic.plan import pretext_runs, runs
-from mlic.reproduce import check_parameters, execute_notebook, is_complete, run_overrides
+from mlic.reproduce import (
+    _needs_training,
+    check_parameters,
+    execute_notebook,
+    is_complete,
+    run_overrides,
+)
 
 
 def _notebook(path, parameters_source: str | None, body: str):
@@ -69,6 +76,29 @@ def test_a_run_is_skipped_only_with_a_complete_record_of_the_same_config(tmp_pat
     changed["train"]["epochs"] = 2
     (run_dir / "config.yaml").write_text(yaml.safe_dump(changed))
     assert not is_complete(run_dir, run.preset, overrides)  # made by another configuration
+
+
+def test_an_embedded_record_of_an_older_generator_is_trained_again(tmp_path, capsys):
+    # Same configuration, other images: a new generator version redraws every image, and the
+    # config cannot say so (the generator lives in the code), the record's metrics do.
+    run = next(r for r in runs("embedded") if r.name == "coco448-resnest-dual")
+    overrides = run_overrides(run, "embedded", None, [], results=tmp_path)
+    run_dir = tmp_path / "runs" / run.name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(load_config(run.preset, overrides).to_yaml())
+
+    def record(**metrics):
+        (run_dir / "metrics.json").write_text(json.dumps({"map": 1.0, "complete": True, **metrics}))
+
+    record(embedded=True, embedded_generator=GENERATOR_VERSION)
+    assert is_complete(run_dir, run.preset, overrides)
+    assert not _needs_training(run, overrides, tmp_path, retrain=False)
+    for older in ({"embedded_generator": GENERATOR_VERSION - 1}, {}):  # {}: before the key
+        record(embedded=True, **older)
+        assert not is_complete(run_dir, run.preset, overrides)
+    assert _needs_training(run, overrides, tmp_path, retrain=False)
+    assert not run_dir.exists()
+    assert f"now version {GENERATOR_VERSION}" in capsys.readouterr().out
 
 
 def test_the_paper_family_needs_a_data_root():
