@@ -163,12 +163,37 @@ def normalize_executed(executed: Path) -> None:
             cell["id"] = "injected-parameters"
         for key in _CLOCK_KEYS:
             cell_meta.get("papermill", {}).pop(key, None)
+        if "outputs" in cell:
+            cell["outputs"] = _coalesced_streams(cell["outputs"])
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream":
-                text = out.get("text", "")
-                lines = text if isinstance(text, list) else [text]
-                out["text"] = [line.replace(root, "") for line in lines]
+                out["text"] = out["text"].replace(root, "").splitlines(keepends=True)
     atomic_write_text(executed, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def _coalesced_streams(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adjacent outputs of one stream (stdout, stderr) as one output with one string. The
+    kernel sends a cell's prints in as many messages as its flush timer cuts them into, so the
+    same prints came back as one output or two depending on the machine's load; merged, a
+    re-execution gives the same bytes. (nbconvert's CoalesceStreamsPreprocessor merges them
+    too, but also rewrites carriage-return progress lines, and the runner does not need it.)"""
+    merged: list[dict[str, Any]] = []
+    for out in outputs:
+        if out.get("output_type") != "stream":
+            merged.append(out)
+            continue
+        text = out.get("text", "")
+        text = "".join(text) if isinstance(text, list) else str(text)
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and last.get("output_type") == "stream"
+            and last.get("name") == out.get("name")
+        ):
+            last["text"] += text
+        else:
+            merged.append({**out, "text": text})
+    return merged
 
 
 def notebook_path(path: Path) -> str:

@@ -234,6 +234,41 @@ def test_executed_notebooks_name_no_machine_folder_and_no_clock_time(tmp_path):
     assert out["cells"][2]["outputs"][0]["text"] == ["/elsewhere/a\n"]  # not ours: unchanged
 
 
+def test_a_cells_prints_cut_into_several_messages_are_written_as_one_output(tmp_path):
+    """The kernel's flush timer cuts one cell's prints into one message or several by the
+    machine's load (a fresh clone's `make reproduce` once rewrote the committed walkthrough
+    that way): adjacent outputs of one stream are merged, others keep their order."""
+    from mlic.reproduce import normalize_executed
+
+    def stream(name, text):
+        return {"output_type": "stream", "name": name, "text": text}
+
+    def executed(outputs):
+        path = tmp_path / "executed.ipynb"
+        path.write_text(json.dumps({"metadata": {}, "cells": [{"outputs": outputs}]}))
+        normalize_executed(path)
+        return path.read_bytes()
+
+    figure = {"output_type": "display_data", "data": {"text/plain": ["<Figure>"]}, "metadata": {}}
+    one = executed([stream("stdout", ["a: 1\n", "b: 2\n"]), figure, stream("stdout", "c\n")])
+    cut = executed(
+        [
+            stream("stdout", "a: "),
+            stream("stdout", ["1\n", "b: 2\n"]),
+            figure,
+            stream("stdout", "c\n"),
+        ]
+    )
+    assert one == cut
+    outputs = json.loads(one)["cells"][0]["outputs"]
+    assert [o["output_type"] for o in outputs] == ["stream", "display_data", "stream"]
+    assert outputs[0]["text"] == ["a: 1\n", "b: 2\n"]
+    mixed = json.loads(
+        executed([stream("stdout", "x\n"), stream("stderr", "w\n"), stream("stdout", "y\n")])
+    )
+    assert [o["name"] for o in mixed["cells"][0]["outputs"]] == ["stdout", "stderr", "stdout"]
+
+
 def test_an_interrupted_run_of_the_same_configuration_is_kept_for_the_notebook_to_resume(
     tmp_path, monkeypatch
 ):
