@@ -69,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default="data/embedded", help="output folder (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="regenerate even if complete")
+    s.add_argument(
+        "--num-train",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training images of the COCO tree (default: what a complete dataset there has, "
+        "else 3500); runs read a dataset elsewhere through data.embedded_root=ROOT",
+    )
     s.set_defaults(func=commands.cmd_data_embedded)
     s = data_sub.add_parser("stats", help="print a split's statistics as JSON")
     s.add_argument("--dataset", choices=["coco", "voc", "csv"], required=True)

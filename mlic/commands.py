@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from mlic.errors import MlicError
+from mlic.errors import DataError, MlicError
 
 
 def config_from_args(args):
@@ -37,11 +37,14 @@ def cmd_data_embedded(args) -> None:
     from mlic.data import ensure_embedded, generate_embedded
 
     root = Path(args.root)
+    if args.num_train is not None and args.num_train < 1:
+        raise DataError(f"{root}: --num-train {args.num_train}: needs at least one image")
+    sizes = {} if args.num_train is None else {"num_train": args.num_train}
     if args.force:
-        summary = generate_embedded(root, seed=args.seed)
+        summary = generate_embedded(root, seed=args.seed, **sizes)
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
-        ensure_embedded(root, seed=args.seed)
+        ensure_embedded(root, seed=args.seed, **sizes)
     print(
         f"embedded dataset ready: {root / 'coco'}, {root / 'voc' / 'VOC2007'} "
         f"and the pretext tree {root / 'pretext'}"

@@ -249,3 +249,32 @@ def test_the_pretext_tree_is_a_csv_dataset_of_one_object_per_image(tiny_embedded
     pretext_bytes = {p.read_bytes() for p in (root / "images").glob("*.jpg")}
     coco_bytes = {p.read_bytes() for p in (tiny_embedded_root / "coco").rglob("*.jpg")}
     assert len(pretext_bytes) == n_train + n_val and not pretext_bytes & coco_bytes
+
+
+def test_mlic_data_embedded_passes_the_training_split_size_on(tmp_path, monkeypatch, capsys):
+    """`--num-train N` (docs/deviations.md's data-size measurements) reaches the generator; a
+    size below one is refused in one line before anything is written."""
+    import mlic.data
+    from mlic.cli import main
+
+    calls = []
+    monkeypatch.setattr(
+        mlic.data, "ensure_embedded", lambda root, **kw: calls.append(("ensure", kw))
+    )
+    monkeypatch.setattr(
+        mlic.data, "generate_embedded", lambda root, **kw: calls.append(("generate", kw)) or {}
+    )
+    root = str(tmp_path / "emb")
+    assert main(["data", "embedded", "--root", root]) == 0
+    assert main(["data", "embedded", "--root", root, "--num-train", "7000"]) == 0
+    assert main(["data", "embedded", "--root", root, "--num-train", "7000", "--force"]) == 0
+    assert calls == [
+        ("ensure", {"seed": 0}),
+        ("ensure", {"seed": 0, "num_train": 7000}),
+        ("generate", {"seed": 0, "num_train": 7000}),
+    ]
+    capsys.readouterr()
+    assert main(["data", "embedded", "--root", root, "--num-train", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and root in err and "--num-train 0" in err
+    assert len(calls) == 3 and not (tmp_path / "emb").exists()
