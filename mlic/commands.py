@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from mlic.errors import DataError, MlicError
+from mlic.errors import MlicError
 
 
 def config_from_args(args):
@@ -37,8 +37,6 @@ def cmd_data_embedded(args) -> None:
     from mlic.data import ensure_embedded, generate_embedded
 
     root = Path(args.root)
-    if args.num_train is not None and args.num_train < 1:
-        raise DataError(f"{root}: --num-train {args.num_train}: needs at least one image")
     sizes = {} if args.num_train is None else {"num_train": args.num_train}
     if args.force:
         summary = generate_embedded(root, seed=args.seed, **sizes)

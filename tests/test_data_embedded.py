@@ -273,8 +273,10 @@ def test_mlic_data_embedded_passes_the_training_split_size_on(tmp_path, monkeypa
         ("ensure", {"seed": 0, "num_train": 7000}),
         ("generate", {"seed": 0, "num_train": 7000}),
     ]
+    monkeypatch.undo()  # the real generator refuses the size, with and without --force
     capsys.readouterr()
-    assert main(["data", "embedded", "--root", root, "--num-train", "0"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and root in err and "--num-train 0" in err
-    assert len(calls) == 3 and not (tmp_path / "emb").exists()
+    for force in ([], ["--force"]):
+        assert main(["data", "embedded", "--root", root, "--num-train", "0", *force]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and root in err and "num_train=0" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, not even a lock

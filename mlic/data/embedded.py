@@ -144,19 +144,38 @@ def ensure_embedded(
         sizes = (marker.get(k) if v is None else v for k, v in wanted.items())
         return marker == generator_params(seed, *sizes)
 
+    # Before the marker and the lock: a size of 0 asked for is refused, not read as "the default".
+    _check_params(root, seed, {key: value for key, value in wanted.items() if value is not None})
     if complete():
         return root
+    defaults = {
+        "num_train": DEFAULT_NUM_TRAIN,
+        "num_val": DEFAULT_NUM_VAL,
+        "image_size": DEFAULT_IMAGE_SIZE,
+        "num_pretext": DEFAULT_NUM_PRETEXT,
+    }
     with _lock(root):  # several processes (DDP ranks) starting at once: one generates
         if not complete():
             generate_embedded(
                 root,
                 seed=seed,
-                num_train=num_train or DEFAULT_NUM_TRAIN,
-                num_val=num_val or DEFAULT_NUM_VAL,
-                num_pretext=num_pretext or DEFAULT_NUM_PRETEXT,
-                image_size=image_size or DEFAULT_IMAGE_SIZE,
+                **{key: defaults[key] if value is None else value for key, value in wanted.items()},
             )
     return root
+
+
+def _check_params(root: Path, seed: int, sizes: dict[str, int]) -> None:
+    """One line naming the dataset folder and the value, before anything is written."""
+    for key in ("num_train", "num_val", "num_pretext"):
+        if key in sizes and sizes[key] < 1:
+            raise DataError(
+                f"{root}: {key}={sizes[key]}: the embedded dataset needs at least one train, "
+                "val and pretext image"
+            )
+    if not 0 <= seed < 2**32:
+        raise DataError(f"{root}: seed={seed} is not in [0, 2**32)")
+    if sizes.get("image_size", 32) < 32:
+        raise DataError(f"{root}: image_size={sizes['image_size']} is below 32 px")
 
 
 @contextlib.contextmanager
@@ -190,14 +209,16 @@ def generate_embedded(
     (replacing an earlier generated dataset there); same arguments -> byte-identical files.
     Returns a summary."""
     root = Path(root)
-    if num_train < 1 or num_val < 1 or num_pretext < 1:
-        raise DataError(
-            f"{root}: the embedded dataset needs at least one train, val and pretext image"
-        )
-    if not 0 <= seed < 2**32:
-        raise DataError(f"{root}: seed={seed} is not in [0, 2**32)")
-    if image_size < 32:
-        raise DataError(f"{root}: image_size={image_size} is below 32 px")
+    _check_params(
+        root,
+        seed,
+        {
+            "num_train": num_train,
+            "num_val": num_val,
+            "image_size": image_size,
+            "num_pretext": num_pretext,
+        },
+    )
     _refuse_foreign_folder(root)
     start = time.perf_counter()
     root.parent.mkdir(parents=True, exist_ok=True)
